@@ -1,0 +1,50 @@
+# polyalign: two commands on a fresh machine.
+#   make repro   install, then `dvc repro` on the default packs
+#   make test    install, then the whole test suite
+#   make bench   install, then the benchmarks -> reports/bench.json
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export POLYALIGN_MIRROR ?= $(abspath ../shared/mirror)
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install system repro test test-slow bench doctor clean
+
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(STAMP)
+
+# System tools the enabled packs ask for (Apertium pairs). Installed where the machine
+# allows it (Debian, root); elsewhere `polyalign doctor` names what is missing and the
+# pack's translator list moves on to its next entry.
+system: install
+	@pkgs="$$($(BIN)/polyalign doctor --apt-packages)"; \
+	if [ -n "$$pkgs" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing: $$pkgs"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null) \
+	    || echo "warning: could not install $$pkgs; see 'polyalign doctor'"; \
+	elif [ -n "$$pkgs" ]; then echo "not installing $$pkgs (needs Debian and root); see 'polyalign doctor'"; fi
+
+repro: system
+	$(BIN)/dvc repro
+
+test: system
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+doctor: install
+	$(BIN)/polyalign doctor
+
+clean:
+	rm -rf $(VENV)

