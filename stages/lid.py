@@ -48,7 +48,7 @@ def run() -> None:
         train_file = Path(tmp) / "train.txt"
         train_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
         model = fasttext.train_supervised(str(train_file), epoch=cfg["epoch"], dim=cfg["dim"], minn=cfg["minn"],
-                                          maxn=cfg["maxn"], wordNgrams=1, lr=cfg["lr"], thread=1,
+                                          maxn=cfg["maxn"], wordNgrams=1, lr=cfg["lr"], bucket=cfg["bucket"], thread=1,
                                           seed=cfg["seed"], verbose=0)
         model.save_model(str(tmp_model))
     metrics = {"languages": len(codes), "train_lines": len(lines), "model_bytes": out.stat().st_size}
