@@ -135,6 +135,7 @@ class LanguageSources(Strict):
     instructions: list[Source] = []
     preferences: list[Source] = []
     eval_prompts: Source | None = None
+    eval_prompts_en: Source | None = None  # English originals of eval_prompts, aligned by id (taco_eval)
 
 
 class LanguagePack(Strict):

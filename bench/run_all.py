@@ -1,0 +1,164 @@
+"""All benchmarks in one run -> reports/bench.json (`make bench`).
+
+Side by side, each variant in its own process (so peak memory is its own):
+- matmul peaks of this machine in fp32 and bf16 (torch.matmul on square matrices);
+- training (bench/bench_train.py): plain transformers Trainer vs pipeline.train, on a
+  taco_sft-like (`sft`) and a laft-like (`lm`) scenario, same examples and settings;
+  pipeline.train runs once per configured variant (`exact`: full-vocabulary loss;
+  `trimmed`: output_vocab=data);
+- generation (bench/bench_generate.py): per-example greedy loop vs batched.
+
+Utilisation = model FLOP/s (4 * N * tokens/s for LoRA: forward 2N, backward w.r.t.
+activations 2N, N = all parameters) over the bf16 matmul peak measured here, and over
+the best measured peak. The figures are only as quiet as the machine: the file records
+the load average before and after, and CPU-time rates beside wall-clock ones.
+
+    python bench/run_all.py [--steps 24] [--quick] [--scenarios sft lm] [--out reports/bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {"exact": {}, "trimmed": {"output_vocab": "data"}}
+TARGETS = {"train_speedup": 3.0, "generate_speedup": 5.0, "peak_rss_gb": 6.0}
+
+
+def matmul_gflops(dtype, seconds: float = 2.0, max_n: int = 2048) -> dict:
+    """Best-of sustained GFLOP/s of an n x n matmul; n shrinks where the dtype is slow (bf16 without hardware)."""
+    import torch
+
+    n = 256
+    while True:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        start = time.perf_counter()
+        a @ b
+        once = time.perf_counter() - start
+        if n >= max_n or once > 0.05:
+            break
+        n *= 2
+    reps, best, deadline = 0, 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or reps < 3:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+        reps += 1
+    return {"n": n, "gflops": round(best, 1), "reps": reps}
+
+
+def machine() -> dict:
+    import torch
+
+    from pipeline.provenance import hardware, package_versions
+    from pipeline.train import cpu_has_bf16
+
+    model_name = platform.processor()
+    try:
+        model_name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                          if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"hardware": hardware(), "cpu": model_name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_bf16_matrix_units": cpu_has_bf16(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
+            "python": platform.python_version(),
+            "packages": package_versions(("torch", "transformers", "peft", "accelerate", "numpy", "polyalign"))}
+
+
+def child(script: str, args: list[str], out: Path) -> dict:
+    """Run one benchmark in a fresh process; its JSON result, or the error tail."""
+    cmd = [sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        return {"error": (proc.stderr or proc.stdout)[-2000:]}
+    return json.loads(out.read_text())
+
+
+def train_block(scenario: str, steps: int, n_eval: int, threads: int, tmp: Path) -> dict:
+    common = ["--scenario", scenario, "--steps", str(steps), "--eval", str(n_eval), "--threads", str(threads)]
+    runs = {"trainer": child("bench_train.py", ["--variant", "trainer", *common], tmp / f"{scenario}-trainer.json")}
+    for name, cfg in VARIANTS.items():
+        runs[name] = child("bench_train.py", ["--variant", "polyalign", "--cfg", json.dumps(cfg), *common],
+                           tmp / f"{scenario}-{name}.json")
+    return runs
+
+
+def derive(train: dict, gen: dict, peaks: dict, n_params: int) -> dict:
+    """Ratios, utilisation and pass/fail against the targets of issues 3 and 4."""
+    out = {}
+    best_peak = max(p["gflops"] for p in peaks.values())
+    for scenario, runs in train.items():
+        base = runs.get("trainer", {})
+        for name in VARIANTS:
+            r = runs.get(name, {})
+            if "error" in r or "error" in base or not r:
+                continue
+            flops = 4 * n_params * r["tokens_per_s"] / 1e9
+            out[f"{scenario}.{name}"] = {
+                "speedup_wall": r["tokens_per_s"] / base["tokens_per_s"],
+                "speedup_cpu_time": (r["tokens"] / r["loop_cpu_s"]) / (base["tokens"] / base["loop_cpu_s"]),
+                "model_gflops": flops,
+                "utilisation_vs_bf16_peak": flops / peaks["bf16"]["gflops"],
+                "utilisation_vs_best_peak": flops / best_peak,
+                "trainer_utilisation_vs_best_peak": 4 * n_params * base["tokens_per_s"] / 1e9 / best_peak,
+                "heldout_loss_delta": r["heldout_loss"] - base["heldout_loss"],
+                "meets_speedup": r["tokens_per_s"] / base["tokens_per_s"] >= TARGETS["train_speedup"],
+                "meets_memory": r["peak_rss_gb"] <= TARGETS["peak_rss_gb"],
+                "quality_kept": r["heldout_loss"] <= base["heldout_loss"] + 0.02,
+            }
+    if "error" not in gen:
+        best = max((v for k, v in gen.items() if k.startswith("batch_")), key=lambda v: v["tokens_per_s"])
+        out["generate"] = {"best_speedup": best["speedup"], "meets_speedup": best["speedup"] >= TARGETS["generate_speedup"]}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=24, help="optimizer steps of batch 8 per training run")
+    parser.add_argument("--eval", type=int, default=32, help="held-out examples for the loss check")
+    parser.add_argument("--scenarios", nargs="+", default=["sft", "lm"], choices=["sft", "lm"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="3 steps, 8 held-out, sft only: checks the bench runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.eval, args.scenarios = 3, 8, ["sft"]
+    import tempfile
+
+    import torch
+
+    from pipeline import io
+    from pipeline.models import materialise, n_parameters
+
+    started, load_before = time.strftime("%Y-%m-%dT%H:%M:%S"), os.getloadavg()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    n_params = n_parameters(materialise("gemma-3-270m"))
+    with tempfile.TemporaryDirectory() as tmp:
+        train = {s: train_block(s, args.steps, args.eval, args.threads, Path(tmp)) for s in args.scenarios}
+        gen = child("bench_generate.py", ["--threads", str(args.threads), *(["--prompts", "8", "--new", "16", "--batch-sizes", "8"]
+                                                                           if args.quick else [])], Path(tmp) / "gen.json")
+    report = {"started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "machine": machine(), "model": "gemma-3-270m", "model_parameters": n_params,
+              "matmul_peak": peaks, "settings": {"steps": args.steps, "batch": 8, "eval": args.eval,
+                                                 "variants": VARIANTS, "targets": TARGETS},
+              "train": train, "generate": gen, "summary": derive(train, gen, peaks, n_params)}
+    io.write_json(args.out, report)
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

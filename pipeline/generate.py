@@ -1,0 +1,192 @@
+"""Batched generation and scoring: every stage's way to run a causal LM forward.
+
+Prompts are encoded exactly as training encodes them (start token + prompt, no other
+special tokens; pipeline.train.encode_example), so a fine-tuned model sees at inference
+the token boundary it was trained on.
+
+Speed (bench/bench_generate.py, figures in reports/bench.json): prompts are sorted by
+length and generated in left-padded batches with the KV cache, so one pass over the
+weights (the 262k x 640 output layer alone is 671 MB in fp32) serves a whole batch
+instead of one sequence. Scoring computes output-layer logits only at the positions
+being scored, in chunks, never the full (batch, length, vocab) tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pipeline.errors import PolyalignError
+from pipeline.train import lm_parts, start_ids
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _encode_prompt(tok, prompt: str) -> list[int]:
+    return start_ids(tok) + (tok(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids (B, T) and attention mask (B, T): generation appends on the right."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if s:
+            ids[row, width - len(s):] = torch.tensor(s)
+            mask[row, width - len(s):] = 1
+    return ids, mask
+
+
+def _eos_ids(model, tok) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return ids
+
+
+def _trim(new: list[int], stop: set[int]) -> list[int]:
+    """New tokens up to and including the first stop token (what was really generated)."""
+    for i, t in enumerate(new):
+        if t in stop:
+            return new[:i + 1]
+    return new
+
+
+@torch.inference_mode()
+def generate_ids(model, tok, prompts: list[str], *, max_new_tokens: int, batch_size: int = 8,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 num_return_sequences: int = 1, seed: int = 0) -> list[list[list[int]]]:
+    """New token ids per prompt and return sequence (up to and including EOS), in prompt order."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    stop = _eos_ids(model, tok)
+    encoded = [_encode_prompt(tok, p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
+    out: list = [None] * len(encoded)
+    device = _device(model)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    for b, start in enumerate(range(0, len(order), batch_size)):
+        idx = order[start:start + batch_size]
+        ids, mask = _left_pad([encoded[i] for i in idx], pad)
+        torch.manual_seed(seed + b)
+        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                              num_return_sequences=num_return_sequences, pad_token_id=pad, **sampling)
+        new = seqs[:, ids.shape[1]:].tolist()
+        for k, i in enumerate(idx):
+            rows = new[k * num_return_sequences:(k + 1) * num_return_sequences]
+            out[i] = [_trim(r, stop) for r in rows]
+    return out
+
+
+def generate(model, tok, prompts: list[str], *, max_new_tokens: int, batch_size: int = 8, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
+             seed: int = 0) -> list[str] | list[list[str]]:
+    """Continuations only (prompt not repeated, special tokens dropped), batched and left-padded.
+
+    Greedy by default; `do_sample` with temperature/top_p samples (seeded per batch).
+    One string per prompt, or a list of `num_return_sequences` strings per prompt.
+    """
+    ids = generate_ids(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       do_sample=do_sample, temperature=temperature, top_p=top_p,
+                       num_return_sequences=num_return_sequences, seed=seed)
+    texts = [[tok.decode(r, skip_special_tokens=True) for r in rows] for rows in ids]
+    return [t[0] for t in texts] if num_return_sequences == 1 else texts
+
+
+# --------------------------------------------------------------------------- scoring
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                   chunk: int = 256, softcap: float | None = None) -> torch.Tensor:
+    """log softmax(hidden @ weight.T)[target] per row, chunked over rows.
+
+    hidden: (N, d); weight: (V, d); targets: (N,). Returns (N,) float32 log-probabilities.
+    """
+    out = []
+    for start in range(0, hidden.shape[0], chunk):
+        logits = hidden[start:start + chunk].to(weight.dtype) @ weight.t()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (c, V), bf16 -> fp32
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        t = targets[start:start + chunk]
+        out.append(logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def windows(context: list[int], target: list[int], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """Split a (context, target) item longer than `max_len` into scoreable pieces.
+
+    Each piece of at most max_len // 2 target tokens is scored after up to
+    max_len - len(piece) preceding tokens (context and earlier target). Items that fit
+    are returned unchanged; every target token is scored exactly once.
+    """
+    if len(context) + len(target) <= max_len:
+        return [(context, target)]
+    step, full, out = max(1, max_len // 2), context + target, []
+    for start in range(0, len(target), step):
+        piece = target[start:start + step]
+        end = len(context) + start
+        out.append((full[max(0, end - (max_len - len(piece))):end], piece))
+    return out
+
+
+@torch.inference_mode()
+def sum_logprobs(model, items: list[tuple[list[int], list[int]]], batch_size: int = 8,
+                 max_len: int = 2048) -> list[float]:
+    """Sum of log p(target | context) in nats for each (context ids, target ids) item."""
+    body, weight, softcap = lm_parts(model)
+    device = _device(model)
+    pieces = [(k, ctx, tgt) for k, item in enumerate(items) if item[1] for ctx, tgt in windows(*item, max_len)]
+    if any(not c for _, c, _ in pieces):
+        raise PolyalignError("(tokenizer)", "bos_token", "no start token to condition the first token on",
+                             "use a tokenizer with a BOS or EOS token")
+    pieces.sort(key=lambda p: -(len(p[1]) + len(p[2])))
+    totals = [0.0] * len(items)
+    for start in range(0, len(pieces), batch_size):
+        batch = pieces[start:start + batch_size]
+        seqs = [c + t for _, c, t in batch]
+        width = max(map(len, seqs))
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, :len(s)] = torch.tensor(s)
+        # right padding and no mask: causal attention never looks at the padding on the right
+        hidden = body(input_ids=ids.to(device), use_cache=False).last_hidden_state  # (B, T, d)
+        rows = torch.cat([torch.full((len(t),), r) for r, (_, _, t) in enumerate(batch)])
+        cols = torch.cat([torch.arange(len(c) - 1, len(c) + len(t) - 1) for _, c, t in batch])
+        targets = torch.tensor([tok for _, _, t in batch for tok in t], device=device)
+        lp = token_logprobs(hidden[rows.to(device), cols.to(device)], weight, targets, softcap=softcap).cpu()
+        pos = 0
+        for k, _, t in batch:
+            totals[k] += float(lp[pos:pos + len(t)].sum())
+            pos += len(t)
+    return totals
+
+
+def continuation_logprobs(model, tok, prompts: list[str], continuations: list[str], batch_size: int = 8,
+                          max_len: int = 2048) -> list[float]:
+    """Sum log-prob (nats) of each continuation given its prompt.
+
+    Prompt and continuation are tokenised separately (start token + prompt, then the
+    continuation without special tokens), so the scored tokens are exactly
+    tok(continuation); put a leading space in the continuation where one belongs.
+    """
+    if len(prompts) != len(continuations):
+        raise PolyalignError("(caller)", "continuations", "prompts and continuations differ in length",
+                             "pass one continuation per prompt")
+    items = [(_encode_prompt(tok, p), tok(c, add_special_tokens=False)["input_ids"])
+             for p, c in zip(prompts, continuations)]
+    return sum_logprobs(model, items, batch_size=batch_size, max_len=max_len)
+
+
+def text_nll_bits(model, tok, texts: list[str], batch_size: int = 8, max_len: int = 2048) -> list[float]:
+    """Total negative log-likelihood in bits of each text given only the start token.
+
+    Every token of the text is scored (the first one given BOS), so dividing by the
+    text's UTF-8 bytes gives tokenizer-independent bits per byte. Empty text: 0 bits.
+    """
+    head = start_ids(tok)
+    items = [(head, tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    return [0.0 - v / math.log(2) for v in sum_logprobs(model, items, batch_size=batch_size, max_len=max_len)]

@@ -1,0 +1,349 @@
+"""Render the cross-lingual scorecard as Markdown and as a self-contained HTML page with plots.
+
+Input is the scorecard contract (a list of rows, DESIGN.md) plus the domain-similarity
+correlations computed by `compare`. Plots are matplotlib PNGs embedded as data URIs, so
+reports/index.html opens anywhere, offline, as one file. Tables pivot each stage to
+metric x pack: metric names of per-language stages use `xx` for the language (e.g.
+`chrf++.en-xx.base`), so one row of the table compares the languages.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _io
+from collections import defaultdict
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never open a window, never need a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline.mt_eval import ERROR_DOC, ERROR_TYPES  # noqa: E402
+
+MAX_PANELS = 12  # small multiples per stage: beyond 12 panels a reader scrolls past them
+MAX_DELTA_BARS = 40
+ERROR_COLOURS = dict(zip(ERROR_TYPES, plt.get_cmap("tab10").colors))
+HUMAN_NOTE = ("System 'human' is the reference translation run through the same detectors: its shares "
+              "(mostly the language identifier's own misses) are the floor under every system's.")
+
+
+# --------------------------------------------------------------------------- formatting
+def fmt(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{max(1, digits - 2)}f}"
+
+
+def cell(r: dict) -> str:
+    """'value [lo, hi] (Δ +d)' for one row; 'n/a' for a null value."""
+    if r["value"] is None:
+        return "n/a"
+    out = fmt(r["value"])
+    if r["ci_low"] is not None:
+        out += f" [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+    if r["delta"] is not None:
+        out += f" (Δ {'+' if r['delta'] >= 0 else ''}{fmt(r['delta'])})"
+    return out
+
+
+def pivot(rows: list[dict]) -> tuple[list[str], list[str], dict]:
+    """(metrics, packs, {(metric, pack): row}) in first-seen order."""
+    metrics, packs, table = [], [], {}
+    for r in rows:
+        if r["metric"] not in metrics:
+            metrics.append(r["metric"])
+        if r["pack"] not in packs:
+            packs.append(r["pack"])
+        table[(r["metric"], r["pack"])] = r
+    return metrics, packs, table
+
+
+def by_stage(rows: Iterable[dict]) -> dict[tuple[str, str], list[dict]]:
+    """{(kind, stage): rows}, kinds languages first."""
+    out = defaultdict(list)
+    for r in sorted(rows, key=lambda r: r["kind"] != "language"):
+        out[(r["kind"], r["stage"])].append(r)
+    return dict(out)
+
+
+def notes_index(rows: list[dict]) -> dict[str, int]:
+    """Distinct notes numbered in first-seen order (footnotes)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        if r.get("note") and r["note"] not in out:
+            out[r["note"]] = len(out) + 1
+    return out
+
+
+def direction(r: dict) -> str:
+    return "↑ better" if r["higher_is_better"] else "↓ better"
+
+
+# --------------------------------------------------------------------------- markdown
+def render_markdown(rows: list[dict], correlations: list[dict], packs: list[str]) -> str:
+    lines = ["# polyalign scorecard", "",
+             f"Packs: {', '.join(packs)}. Each cell: value [95% CI] (Δ against the pack's own baseline); "
+             "n/a = could not run (see the note). Numbers in one row compare languages only where the "
+             "metric allows it (see notes).", ""]
+    empty = [p for p in packs if not any(r["pack"] == p for r in rows)]
+    if empty:
+        lines += [f"No rows yet from: {', '.join(empty)}.", ""]
+    for (kind, stage), srows in by_stage(rows).items():
+        lines += _md_stage(kind, stage, srows)
+    lines += _md_correlations(correlations)
+    lines += ["## Error taxonomy (mt_errors)", ""]
+    lines += [f"- **{name}**: {ERROR_DOC[name]}" for name in ERROR_TYPES]
+    lines += ["- err.<type> rows are primary shares: each sentence counts once, under its first error in "
+              "the order above, so the shares add up to err.any.",
+              f"- {HUMAN_NOTE}", ""]
+    return "\n".join(lines)
+
+
+def _md_stage(kind: str, stage: str, rows: list[dict]) -> list[str]:
+    metrics, packs, table = pivot(rows)
+    notes = notes_index(rows)
+    out = [f"## {stage} ({kind})", "", "| metric | | " + " | ".join(packs) + " |",
+           "|---|---|" + "---|" * len(packs)]
+    for m in metrics:
+        cells = []
+        for p in packs:
+            r = table.get((m, p))
+            text = "" if r is None else cell(r)
+            if r is not None and r.get("note"):
+                text += f" [^{stage}-{notes[r['note']]}]"
+            cells.append(text.replace("|", "\\|"))
+        first = next(table[(m, p)] for p in packs if (m, p) in table)
+        out.append(f"| {m} | {direction(first)} | " + " | ".join(cells) + " |")
+    out.append("")
+    out += [f"[^{stage}-{i}]: {note}" for note, i in notes.items()]
+    return out + [""]
+
+
+def _md_correlations(correlations: list[dict]) -> list[str]:
+    if not correlations:
+        return []
+    out = ["## Domain similarity and translation quality", "",
+           "Jensen–Shannon divergence (bits) between an adaptation corpus and the NTREX test set on token "
+           "unigrams, against chrF++ en→xx, across language packs (Khiu et al., 2024). With a handful of "
+           "packs this describes the packs at hand; it is no test of the hypothesis.", "",
+           "| corpus | system | packs | Pearson r | Spearman ρ |", "|---|---|---|---|---|"]
+    for c in correlations:
+        out.append(f"| {c['corpus']} | {c['system']} | {c['n']} | {fmt(c['pearson'])} | {fmt(c['spearman'])} |")
+    return out + [""]
+
+
+# --------------------------------------------------------------------------- plots
+def _png(fig) -> str:
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def headline_metrics(rows: list[dict]) -> list[str]:
+    """Metrics worth a panel: chrF++ for mt_errors (errors have their own plot), else all; at most MAX_PANELS."""
+    metrics, _, _ = pivot([r for r in rows if r["value"] is not None])
+    if any(m.startswith("chrf++") for m in metrics):
+        metrics = [m for m in metrics if m.startswith("chrf++")]
+    metrics = [m for m in metrics if not m.startswith(("err.", "jsd."))] or metrics
+    return metrics[:MAX_PANELS]
+
+
+def plot_metric_panels(stage: str, rows: list[dict]) -> str | None:
+    """Small multiples: one panel per metric, one point per pack with its 95% CI."""
+    metrics = headline_metrics(rows)
+    if not metrics:
+        return None
+    _, packs, table = pivot(rows)
+    cols = min(4, len(metrics))
+    nrows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        xs, ys, lo, hi, base = [], [], [], [], []
+        for i, p in enumerate(packs):
+            r = table.get((m, p))
+            if r is None or r["value"] is None:
+                continue
+            xs.append(i), ys.append(r["value"]), base.append(r["baseline"])
+            lo.append(r["value"] - r["ci_low"] if r["ci_low"] is not None else 0)
+            hi.append(r["ci_high"] - r["value"] if r["ci_high"] is not None else 0)
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color="tab:blue", capsize=4, label="value, 95% CI")
+        bx = [x for x, b in zip(xs, base) if b is not None]
+        ax.scatter(bx, [b for b in base if b is not None], marker="_", s=300, color="tab:red", label="baseline")
+        ax.set_xticks(range(len(packs)), packs)
+        ax.set_xlim(-0.5, len(packs) - 0.5)
+        ax.set_title(m, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{stage}: per-pack metrics with 95% CIs (red: the pack's own baseline)", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_deltas(rows: list[dict]) -> str | None:
+    """Improvement over each pack's own baseline (sign flipped where lower is better), one panel per stage.
+
+    Stages have their own units (bits per byte, chrF points, accuracy), so each panel gets its own axis.
+    """
+    rows = [r for r in rows if r["delta"] is not None and not r["metric"].startswith("err.")][:MAX_DELTA_BARS]
+    if not rows:
+        return None
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    sizes = [sum(r["stage"] == st for r in rows) for st in stages]
+    fig, axes = plt.subplots(len(stages), 1, figsize=(8, 0.3 * sum(sizes) + 1.1 * len(stages)), squeeze=False,
+                             gridspec_kw={"height_ratios": sizes})
+    for ax, st in zip(axes.flat, stages):
+        part = [r for r in rows if r["stage"] == st]
+        gains = [r["delta"] if r["higher_is_better"] else -r["delta"] for r in part]
+        ax.barh(range(len(part)), gains, color=["tab:green" if g >= 0 else "tab:red" for g in gains])
+        ax.set_yticks(range(len(part)), [f"{r['pack']} · {r['metric']}" for r in part], fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(st, fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes.flat[-1].set_xlabel("improvement over the pack's own baseline (metric units; sign flipped where lower "
+                             "is better)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def error_shares(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """{direction: {'pack · system': {error type: primary share}}} from err.<type>.<dir>.<system> rows."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        parts = r["metric"].split(".", 3)
+        if r["stage"] != "mt_errors" or parts[0] != "err" or len(parts) != 4 or parts[1] not in ERROR_TYPES:
+            continue
+        if r["value"] is not None:
+            out[parts[2]][f"{r['pack']} · {parts[3]}"][parts[1]] = r["value"]
+    return out
+
+
+def plot_error_bars(rows: list[dict]) -> str | None:
+    """Stacked bars of primary error shares per pack and system, one panel per direction."""
+    shares = error_shares(rows)
+    if not shares:
+        return None
+    dirs = sorted(shares)
+    width = max(len(v) for v in shares.values())
+    fig, axes = plt.subplots(1, len(dirs), figsize=(max(5, 0.55 * width + 2) * len(dirs), 4.2), squeeze=False)
+    for ax, d in zip(axes.flat, dirs):
+        bars = sorted(shares[d])
+        bottom = [0.0] * len(bars)
+        for name in ERROR_TYPES:
+            vals = [shares[d][b].get(name, 0.0) for b in bars]
+            ax.bar(range(len(bars)), vals, bottom=bottom, color=ERROR_COLOURS[name], label=name)
+            bottom = [a + v for a, v in zip(bottom, vals)]
+        ax.set_xticks(range(len(bars)), bars, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share of test sentences")
+        ax.set_title(d.replace("xx", "language"), fontsize=9)
+    axes.flat[-1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left", title="primary error")
+    fig.suptitle("Translation errors: each sentence counted once, under its first error type", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def domain_points(rows: list[dict]) -> list[dict]:
+    """(pack, corpus, jsd, system, chrF++ en→xx) for every pair a pack has."""
+    jsd = {(r["pack"], r["metric"].removeprefix("jsd.")): r for r in rows
+           if r["stage"] == "mt_errors" and r["metric"].startswith("jsd.") and r["value"] is not None}
+    chrf = {(r["pack"], r["metric"].split(".", 2)[2]): r["value"] for r in rows
+            if r["stage"] == "mt_errors" and r["metric"].startswith("chrf++.en-xx.") and r["value"] is not None}
+    return [{"pack": p, "corpus": c, "jsd": j["value"], "jsd_ci": (j["ci_low"], j["ci_high"]), "system": s,
+             "chrf": v} for (p, c), j in jsd.items() for (p2, s), v in chrf.items() if p2 == p]
+
+
+def plot_domain_scatter(rows: list[dict]) -> str | None:
+    points = domain_points(rows)
+    if not points:
+        return None
+    corpora = sorted({pt["corpus"] for pt in points})
+    systems = sorted({pt["system"] for pt in points})
+    packs = sorted({pt["pack"] for pt in points})
+    markers = dict(zip(systems, "osD^v<>p*hX"))
+    colours = dict(zip(packs, plt.get_cmap("tab10").colors))
+    fig, axes = plt.subplots(1, len(corpora), figsize=(4 * len(corpora), 3.6), squeeze=False, sharey=True)
+    for ax, corpus in zip(axes.flat, corpora):
+        for pt in (p for p in points if p["corpus"] == corpus):
+            ax.scatter(pt["jsd"], pt["chrf"], marker=markers[pt["system"]], color=colours[pt["pack"]], s=40)
+            ax.annotate(pt["pack"], (pt["jsd"], pt["chrf"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(f"corpus: {corpus}", fontsize=9)
+        ax.set_xlabel("JSD to the test set (bits, lower = closer)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("chrF++ en→xx")
+    handles = [plt.Line2D([], [], marker=markers[s], ls="", color="grey", label=s) for s in systems]
+    axes.flat[-1].legend(handles=handles, fontsize=7, title="system", loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- html
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:right}th:first-child,td:first-child{text-align:left}td.na{color:#999}img{max-width:100%;
+border:1px solid #eee;margin:.5em 0}.notes{font-size:12px;color:#555}details{margin:.5em 0}h2{margin-top:1.6em}"""
+
+
+def _img(b64: str | None, alt: str) -> str:
+    return "" if b64 is None else f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"></figure>'
+
+
+def _html_table(rows: list[dict]) -> str:
+    metrics, packs, table = pivot(rows)
+    notes = notes_index(rows)
+    head = "<tr><th>metric</th><th></th>" + "".join(f"<th>{html.escape(p)}</th>" for p in packs) + "</tr>"
+    body = []
+    for m in metrics:
+        tds = []
+        for p in packs:
+            r = table.get((m, p))
+            if r is None:
+                tds.append("<td></td>")
+                continue
+            mark = f" <sup>{notes[r['note']]}</sup>" if r.get("note") else ""
+            cls = ' class="na"' if r["value"] is None else ""
+            tds.append(f"<td{cls}>{html.escape(cell(r))}{mark}</td>")
+        first = next(table[(m, p)] for p in packs if (m, p) in table)
+        body.append(f"<tr><td>{html.escape(m)}</td><td>{direction(first)}</td>{''.join(tds)}</tr>")
+    foot = "".join(f"<li value='{i}'>{html.escape(n)}</li>" for n, i in notes.items())
+    return f"<table>{head}{''.join(body)}</table>" + (f"<ol class='notes'>{foot}</ol>" if foot else "")
+
+
+def render_html(rows: list[dict], correlations: list[dict], packs: list[str]) -> str:
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>polyalign scorecard</title>"
+             f"<style>{CSS}</style></head><body><h1>polyalign scorecard</h1>",
+             f"<p>Packs: {html.escape(', '.join(packs))}. Cells: value [95% CI] (Δ against the pack's own "
+             "baseline); n/a = could not run, the footnote says why.</p>"]
+    empty = [p for p in packs if not any(r["pack"] == p for r in rows)]
+    if empty:
+        parts.append(f"<p>No rows yet from: {html.escape(', '.join(empty))}.</p>")
+    languages = [r for r in rows if r["kind"] == "language"]
+    parts.append("<h2>Deltas against each pack's own baseline</h2>" + (_img(plot_deltas(rows), "deltas") or
+                                                                         "<p>No row has a baseline yet.</p>"))
+    if any(r["stage"] == "mt_errors" for r in languages):
+        parts.append("<h2>Translation errors</h2>" + _img(plot_error_bars(languages), "error types"))
+        parts.append("<ul class='notes'>" + "".join(f"<li><b>{n}</b>: {html.escape(ERROR_DOC[n])}</li>"
+                                                       for n in ERROR_TYPES) + f"</ul><p>{html.escape(HUMAN_NOTE)}</p>")
+        parts.append("<h2>Domain similarity and chrF++</h2>" + _img(plot_domain_scatter(languages), "domain scatter"))
+        parts.append(_html_correlations(correlations))
+    for (kind, stage), srows in by_stage(rows).items():
+        parts.append(f"<h2>{html.escape(stage)} ({kind})</h2>")
+        parts.append(_img(plot_metric_panels(stage, srows), f"{stage} metrics"))
+        parts.append(f"<details open><summary>table ({len(srows)} rows)</summary>{_html_table(srows)}</details>")
+    parts.append("</body></html>")
+    return "\n".join(p for p in parts if p)
+
+
+def _html_correlations(correlations: list[dict]) -> str:
+    if not correlations:
+        return "<p>Too few packs with both a divergence and a chrF++ score for a correlation.</p>"
+    rows = "".join(f"<tr><td>{html.escape(c['corpus'])}</td><td>{html.escape(c['system'])}</td><td>{c['n']}</td>"
+                   f"<td>{fmt(c['pearson'])}</td><td>{fmt(c['spearman'])}</td></tr>" for c in correlations)
+    return ("<p>Across language packs: JSD of each adaptation corpus to the test set against chrF++ en→xx. "
+            "With a handful of packs this describes them; it is no test.</p><table><tr><th>corpus</th>"
+            f"<th>system</th><th>packs</th><th>Pearson r</th><th>Spearman ρ</th></tr>{rows}</table>")

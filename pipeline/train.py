@@ -1,0 +1,863 @@
+"""The shared training helper: LoRA (or full) causal-LM fine-tuning and Bradley–Terry reward models.
+
+One loop for every training stage (taco_sft, laft, maft, culture_sft, rm_train, rm_transfer).
+It runs unchanged on CPU, one GPU, or many GPUs/machines under `accelerate launch`
+(accelerate's `Accelerator` does device placement, DDP/FSDP wrapping, bf16 autocast and
+gradient accumulation; nothing here is home-made distribution).
+
+Why it is faster than a plain transformers `Trainer` (bench/bench_train.py measures both
+side by side; figures in reports/bench.json):
+- the output layer is most of the compute for a 262k-vocabulary model, so logits are
+  computed only at positions that carry a label (prompt tokens need none), in chunks, with
+  the gradient w.r.t. the hidden states formed inside the forward pass
+  (`linear_cross_entropy`): the [tokens, vocab] logits tensor never exists in full;
+- no pad waste: plain-LM examples (prompt "") are packed into `max_len` blocks, prompt/
+  response examples are length-bucketed (batches of similar length, right padding, no
+  attention mask needed because causal attention never looks right);
+- bf16 autocast with bf16 frozen weights and fp32 LoRA weights where the hardware has bf16
+  matrix units (`mixed_precision: auto`); on CPUs without them bf16 matmuls are ~15x
+  slower than fp32 (measured: 0.4 vs 5.8 GFLOP/s on a 512² matmul, AMD EPYC Zen 3), so
+  `auto` picks fp32 there.
+
+Checkpoints (trainable weights, optimizer, RNG, step) go every `checkpoint_every` steps to
+`checkpoint_dir`; by default a content-addressed folder in the polyalign cache, because
+stages write `out_dir` through `io.atomic_path` (a temporary folder that vanishes when a
+run dies) and DVC deletes a stage's outputs before rerunning it. `resume: true` continues
+exactly the same run (same base, examples and settings) from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pipeline import io
+from pipeline.errors import PolyalignError
+
+IGNORE = -100
+TRAINING_INFO = "training.json"  # written next to the adapter: head, base, full_finetune
+
+# Settings of train_causal_lm / train_reward_model. Stages pass their params.yaml section.
+DEFAULTS: dict = {
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "target_modules": ["q_proj", "v_proj"],
+    "full_finetune": False,
+    "lr": 2e-4,
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+    "max_grad_norm": 1.0,          # the transformers Trainer's default
+    "max_steps": 0,                # 0: run `epochs` epochs
+    "epochs": 1,
+    "batch_size": 8,               # examples (or packed blocks) per micro-batch per process
+    "grad_accum": 1,
+    "max_len": 512,
+    "seed": 0,
+    "resume": False,
+    "checkpoint_every": 50,        # optimizer steps; 0 disables checkpoints
+    "checkpoint_dir": None,        # None: <cache>/checkpoints/<hash of base, examples, settings>
+    "keep_checkpoint": False,      # delete the checkpoint once the adapter is written
+    "mixed_precision": "auto",     # auto | bf16 | no
+    # Tokens per output-layer chunk: bounds the logits buffer to chunk x vocab x 4 bytes
+    # (268 MB for Gemma's 262k vocabulary). Gemma head forward+backward, 512 tokens, 1 thread:
+    # 8.6 / 7.0 / 6.6 CPU-s with chunks of 64 / 128 / 256 (bench notes, 2026-11-23).
+    "logits_chunk": 256,
+    # full: softmax over the whole vocabulary (exact). data: the first `output_vocab_probe`
+    # optimizer steps train on the full vocabulary and sum its softmax at the label positions;
+    # from then on the softmax runs over the label tokens plus the most probable other tokens,
+    # until they hold `output_vocab_mass` of that probability or `output_vocab_max` ids. The
+    # trimmed-vocabulary idea of Alabi et al. applied to the loss only: the model keeps its full
+    # vocabulary. Coverage is returned as `output_vocab_coverage`; bench/bench_train.py checks
+    # held-out full-vocabulary loss against the exact run.
+    "output_vocab": "full",
+    "output_vocab_mass": 0.99,
+    "output_vocab_max": 16384,
+    "output_vocab_probe": 2,
+    "packing": "auto",             # auto: pack when every prompt is "", else length-bucket
+    "order": "shuffle",            # shuffle | given (curriculum: batches of consecutive examples, in order)
+    "bucket_window": 32,           # batches per sorted window when length-bucketing
+    "progress": True,
+}
+
+
+CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "output_vocab": ("full", "data"),
+           "packing": ("auto", True, False), "order": ("shuffle", "given")}
+
+
+# --------------------------------------------------------------------------- loss math
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of token NLLs of `hidden @ weight.T` without materialising all logits.
+
+    Works chunk by chunk; the gradients w.r.t. hidden (and weight, when it trains) are
+    formed during the forward pass, so each chunk's logits are freed at once.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk, softcap, prob_sum):
+        need_h, need_w = hidden.requires_grad, weight.requires_grad
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32)) if need_w else None
+        total = hidden.new_zeros((), dtype=torch.promote_types(weight.dtype, torch.float32))
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start:start + chunk]
+            t = targets[start:start + chunk]
+            logits = h.to(weight.dtype) @ weight.t()
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (c, V), bf16 -> fp32
+            if softcap:
+                tanh = torch.tanh(logits / softcap)
+                logits = tanh * softcap
+            # logsumexp by hand, in place: the (c, V) buffer is the biggest tensor of the step and
+            # torch.logsumexp allocates two more of it (measured ~7% of a Gemma step on CPU)
+            picked = logits.gather(1, t[:, None]).squeeze(1)
+            peak = logits.amax(dim=-1, keepdim=True)
+            exps = logits.sub_(peak).exp_()  # (c, V)
+            norm = exps.sum(dim=-1)  # (c,)
+            total += (norm.log() + peak.squeeze(1) - picked).sum()
+            if need_h or need_w or prob_sum is not None:
+                probs = exps.div_(norm[:, None])  # softmax, in place: (c, V)
+                if prob_sum is not None:
+                    prob_sum += probs.sum(dim=0)
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                if softcap:
+                    probs *= 1.0 - tanh * tanh
+                probs = probs.to(weight.dtype)
+                if need_h:
+                    grad_h[start:start + chunk] = (probs @ weight).to(hidden.dtype)
+                if need_w:
+                    grad_w += (probs.t() @ h.to(weight.dtype)).to(grad_w.dtype)
+        ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out if grad_h is not None else None,
+                (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None,
+                None, None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                         chunk: int = 256, softcap: float | None = None,
+                         prob_sum: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed cross-entropy of the logits `hidden @ weight.T` against `targets`.
+
+    hidden: (N, d) final hidden states at the positions that predict a label;
+    weight: (V, d) output embedding; targets: (N,) token ids in [0, V).
+    Returns a 0-dim float32 tensor: sum over N of -log softmax(logits)[target]. `softcap`
+    applies Gemma-2-style cap·tanh(logits/cap) first. Equal to
+    F.cross_entropy(hidden @ weight.T, targets, reduction="sum") up to rounding.
+    `prob_sum` (V,), if given, is incremented in place by the softmax summed over the N rows.
+    """
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0 + weight.sum() * 0.0
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, softcap, prob_sum)
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Mean of -log σ(r_chosen - r_rejected) (Bradley–Terry / InstructGPT reward loss).
+
+    r_chosen, r_rejected: (B,) scalar rewards of the preferred and the other response.
+    Returns a 0-dim tensor. logsigmoid keeps large margins finite.
+    """
+    return -F.logsigmoid(r_chosen.float() - r_rejected.float()).mean()
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int = 0) -> float:
+    """Linear warmup over `warmup` steps then linear decay to 0 at `total` (the Trainer's default shape).
+
+    `step` counts optimizer steps already taken (0 for the first update).
+    """
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+# --------------------------------------------------------------------------- encoding
+def start_ids(tok) -> list[int]:
+    """Token(s) every sequence starts with: the tokenizer's BOS, else EOS as a document separator.
+
+    Scoring and training condition the first real token on them, so no text token goes unscored.
+    """
+    if tok.bos_token_id is not None:
+        return [tok.bos_token_id]
+    return [tok.eos_token_id] if tok.eos_token_id is not None else []
+
+
+def encode_example(tok, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels) for one example; labels are IGNORE on the start token and the prompt.
+
+    Prompt and response are tokenised separately so the boundary is exact; an EOS closes
+    the response (the model learns to stop). Too long: the response is cut from the right;
+    None when no response token survives.
+    """
+    head = start_ids(tok) + (tok(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+    body = tok(response, add_special_tokens=False)["input_ids"]
+    if tok.eos_token_id is not None:
+        body = body + [tok.eos_token_id]
+    body = body[:max(0, max_len - len(head))]
+    if not body:
+        return None
+    return head + body, [IGNORE] * len(head) + body
+
+
+def pack_sequences(seqs: list[tuple[list[int], list[int]]], block: int,
+                   start: list[int] = ()) -> list[tuple[list[int], list[int]]]:
+    """Concatenate (ids, labels) pairs in order and cut them into blocks of at most `block` tokens.
+
+    Causal-LM packing as in transformers' run_clm, with one change: a block that does not
+    begin a document gets the `start` token(s) (unlabelled) in front, because models like
+    Gemma go off the rails without BOS at position 0 (measured: training loss 7+ instead of
+    ~5.5 on Galician NTREX). No text token is dropped; only the last block may be shorter.
+    """
+    ids = [t for s in seqs for t in s[0]]
+    labels = [t for s in seqs for t in s[1]]
+    start, out, i = list(start), [], 0
+    while i < len(ids):
+        head = start if start and ids[i:i + len(start)] != start else []
+        n = block - len(head)
+        out.append((head + ids[i:i + n], [IGNORE] * len(head) + labels[i:i + n]))
+        i += n
+    return out
+
+
+def bucket_batches(lengths: list[int], batch_size: int, rng: random.Random, window: int) -> list[list[int]]:
+    """Length bucketing: shuffle, sort within windows of `window` batches, shuffle the batches.
+
+    Each index appears exactly once; batches hold examples of similar length, so right
+    padding wastes few tokens, while the shuffles keep the order random across windows.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * max(1, window)
+    batches = []
+    for w in range(0, len(order), span):
+        part = sorted(order[w:w + span], key=lambda i: -lengths[i])
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """Right-padded tensors: input_ids (B, T), labels (B, T) with IGNORE on padding, n_tokens."""
+    width = max(len(s[0]) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    for row, (i, l) in enumerate(seqs):
+        ids[row, :len(i)] = torch.tensor(i)
+        labels[row, :len(l)] = torch.tensor(l)
+    return {"input_ids": ids, "labels": labels, "n_tokens": sum(len(s[0]) for s in seqs)}
+
+
+# --------------------------------------------------------------------------- model parts
+def lm_parts(model):
+    """(decoder body, output embedding weight, softcap) of a causal LM, peft-wrapped or not."""
+    from peft import PeftModel
+
+    lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    head = lm.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise PolyalignError("(model)", "lm_head", "output layer with a bias is not supported", "use a bias-free LM")
+    return lm.get_decoder(), head.weight, getattr(lm.config, "final_logit_softcapping", None)
+
+
+class CausalLMLoss(torch.nn.Module):
+    """Wraps a causal LM so DDP/FSDP see one forward: mean NLL over label tokens.
+
+    The decoder runs on every position; the output layer only on positions whose next
+    token carries a label, and, after `set_support(ids)`, only over those rows of the
+    output embedding (every target must then lie in the support).
+    """
+
+    def __init__(self, model, chunk: int):
+        super().__init__()
+        self.model, self.chunk = model, chunk
+        # plain attributes, not buffers: DDP must not broadcast them, checkpoints keep them apart
+        self.support = self.remap = self._frozen_rows = self.prob_sum = None
+        self.prob_rows = 0
+
+    def set_support(self, support: torch.Tensor) -> None:
+        """Restrict the softmax to the sorted token ids `support` (S,)."""
+        device = lm_parts(self.model)[1].device
+        self.support = support.to(device)
+        self.remap = torch.full((int(support.max()) + 1,), -1, dtype=torch.long, device=device)
+        self.remap[self.support] = torch.arange(len(support), device=device)
+        self._frozen_rows = None
+
+    def output_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """The output embedding restricted to the support (cached while it is frozen)."""
+        if self.support is None:
+            return weight
+        if weight.requires_grad:
+            return weight.index_select(0, self.support)
+        if self._frozen_rows is None:
+            self._frozen_rows = weight.index_select(0, self.support)
+        return self._frozen_rows
+
+    def forward(self, input_ids, labels):
+        body, weight, softcap = lm_parts(self.model)
+        hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, d)
+        target = labels[:, 1:]
+        keep = target != IGNORE
+        target = target[keep] if self.remap is None else self.remap[target[keep]]
+        probing = self.prob_sum is not None and self.support is None
+        nll = linear_cross_entropy(hidden[:, :-1][keep], self.output_rows(weight), target, chunk=self.chunk,
+                                   softcap=softcap, prob_sum=self.prob_sum if probing else None)
+        n = keep.sum()
+        if probing:
+            self.prob_rows += int(n)
+        return nll / n.clamp(min=1), n
+
+    def start_probe(self) -> None:
+        """Sum the full-vocabulary softmax over label positions until `set_support` is called."""
+        weight = lm_parts(self.model)[1]
+        self.prob_sum = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+        self.prob_rows = 0
+
+
+def label_support(units: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+    """Sorted ids of every token that occurs as a label: (S,) long."""
+    return torch.tensor(sorted({t for _, labels in units for t in labels if t != IGNORE}), dtype=torch.long)
+
+
+def mass_support(mean_probs: torch.Tensor, labels: torch.Tensor, mass: float, max_size: int) -> tuple[torch.Tensor, float]:
+    """Label tokens plus the most probable other tokens until they hold `mass` of the probability.
+
+    mean_probs: (V,) mean next-token distribution; labels: (L,) token ids that must be in.
+    Adds tokens by decreasing probability until the covered mass reaches `mass` or the
+    support has `max_size` ids (never fewer than the labels). Returns (sorted ids (S,),
+    covered probability mass).
+    """
+    probs = mean_probs.float().cpu()
+    inside = torch.zeros(len(probs), dtype=torch.bool)
+    inside[labels] = True
+    covered = float(probs[inside].sum())
+    others = torch.argsort(probs.masked_fill(inside, -1.0), descending=True)[:max(0, max_size - len(labels))]
+    cumulative = covered + torch.cumsum(probs[others], 0)
+    k = int((cumulative < mass).sum()) + 1 if covered < mass else 0
+    k = min(k, len(others))
+    if k:
+        covered = float(cumulative[k - 1])
+    return torch.sort(torch.cat([labels, others[:k]]))[0], covered
+
+
+class RewardLoss(torch.nn.Module):
+    """Bradley–Terry loss of a sequence-classification model on (chosen, rejected) batches."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, n_pairs: int):
+        rewards = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+        chosen, rejected = rewards[:n_pairs], rewards[n_pairs:]
+        return bradley_terry_loss(chosen, rejected), (chosen > rejected).float().mean()
+
+
+# --------------------------------------------------------------------------- set-up helpers
+def shared_params() -> dict:
+    """params.yaml `train` (profile applied): settings every training stage shares, minus `launch`.
+
+    `launch` is how DVC starts training stages (`python` or an `accelerate launch ...` line).
+    """
+    from pipeline.config import load_params, params_path, section
+
+    if not params_path().exists():
+        return {}
+    params = load_params()
+    if "train" not in params:
+        return {}
+    return {k: v for k, v in section("train", params).items() if k != "launch"}
+
+
+def settings(cfg: dict) -> dict:
+    """DEFAULTS < params.yaml `train` < the stage's `cfg`; unknown keys are a one-line error."""
+    from pipeline.errors import did_you_mean
+
+    shared = shared_params()
+    for source, keys in (("train", shared), ("(stage settings)", cfg)):
+        unknown = [k for k in keys if k not in DEFAULTS]
+        if unknown:
+            raise PolyalignError("params.yaml", f"{source}: {unknown[0]}", "unknown training setting",
+                                 did_you_mean(unknown[0], DEFAULTS) or f"use one of {sorted(DEFAULTS)}")
+    out = {**DEFAULTS, **shared, **cfg}
+    for key, allowed in CHOICES.items():
+        if out[key] not in allowed:
+            raise PolyalignError("params.yaml", key, f"'{out[key]}' is not one of {list(allowed)}",
+                                 f"use one of {list(allowed)}")
+    return out
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(setting: str) -> str:
+    """'auto' -> 'bf16' on a bf16-capable GPU or CPU, else 'no' (fp32)."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_bf16() else "no"
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _seed(seed: int) -> None:
+    from pipeline.seeding import seed_everything
+
+    seed_everything(seed)
+
+
+def _load_base(base: str, head: str, precision: str, full: bool):
+    """Frozen weights in bf16 when autocasting to bf16 (half the memory); fp32 for full fine-tuning."""
+    from pipeline.models import load_model
+
+    dtype = torch.bfloat16 if precision == "bf16" and not full else torch.float32
+    return load_model(base, head=head, dtype=dtype)
+
+
+def _wrap_trainable(model, s: dict, task: str):
+    """LoRA adapters (fp32) on `target_modules`, or every weight trainable for full fine-tuning."""
+    from peft import LoraConfig, get_peft_model
+
+    if s["full_finetune"]:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    config = LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
+                        target_modules=list(s["target_modules"]), task_type=task, bias="none")
+    model = get_peft_model(model, config)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model
+
+
+def run_key(base: str, data, s: dict, kind: str) -> str:
+    """Hash of everything that determines a run (not resume/checkpoint/progress settings)."""
+    skip = {"resume", "checkpoint_dir", "keep_checkpoint", "progress", "checkpoint_every"}
+    payload = json.dumps({"kind": kind, "base": base, "cfg": {k: v for k, v in s.items() if k not in skip},
+                          "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def checkpoint_path(s: dict, key: str) -> Path:
+    if s["checkpoint_dir"]:
+        return Path(s["checkpoint_dir"])
+    from pipeline.paths import cache_dir
+
+    return cache_dir() / "checkpoints" / key
+
+
+# --------------------------------------------------------------------------- the loop
+def _accelerator(precision: str, grad_accum: int):
+    """accelerate's Accelerator; a single process may switch precision between runs (tests do)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if (AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision
+            and PartialState().num_processes == 1):
+        AcceleratorState._reset_state()  # accelerate otherwise refuses a second precision per process
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum)
+
+
+class _Run:
+    """State of one training run: accelerator, prepared module, optimizer, step, curve."""
+
+    def __init__(self, module, s: dict, precision: str, key: str, ckpt: Path):
+        self.s, self.key, self.ckpt = s, key, ckpt
+        self.acc = _accelerator(precision, s["grad_accum"])
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
+        self.module, self.opt = self.acc.prepare(module, opt)
+        self.acc.register_save_state_pre_hook(self._trainable_only)
+        self.step, self.tokens, self.curve = 0, 0, []
+        self.extra_save, self.extra_load = [], []  # (folder) -> dict and (folder, dict) -> None hooks
+
+    @staticmethod
+    def _trainable_only(models, weights, output_dir):
+        """Checkpoint only trainable tensors: LoRA checkpoints stay a few MB, not the frozen base."""
+        for model, state in zip(models, weights):
+            names = {n for n, p in model.named_parameters() if p.requires_grad}
+            names |= {n.replace("module.", "", 1) for n in names}
+            for k in [k for k in state if k not in names]:
+                del state[k]
+
+    def save(self) -> None:
+        """Checkpoint atomically: write a sibling folder, then swap it in."""
+        tmp, old = self.ckpt.with_name(self.ckpt.name + ".tmp"), self.ckpt.with_name(self.ckpt.name + ".old")
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)  # every process writes its own RNG state into it
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        extra = [hook(tmp) for hook in self.extra_save]
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            io.write_json(tmp / "polyalign_state.json", {"key": self.key, "step": self.step, "tokens": self.tokens,
+                                                          "curve": self.curve, "extra": extra})
+            shutil.rmtree(old, ignore_errors=True)
+            if self.ckpt.exists():
+                self.ckpt.rename(old)
+            tmp.rename(self.ckpt)
+            shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+
+    def try_resume(self) -> None:
+        """Continue from the checkpoint of this exact run, if any (the .old copy if a swap was cut short)."""
+        for path in (self.ckpt, self.ckpt.with_name(self.ckpt.name + ".old")):
+            state_file = path / "polyalign_state.json"
+            if state_file.exists():
+                state = io.read_json(state_file)
+                if state.get("key") != self.key:
+                    return
+                self.acc.load_state(str(path), strict=False)
+                self.step, self.tokens, self.curve = state["step"], state["tokens"], state["curve"]
+                for hook, extra in zip(self.extra_load, state.get("extra", [])):
+                    hook(path, extra)
+                return
+
+    def reduce_sum(self, value: float) -> float:
+        if self.acc.num_processes == 1:
+            return float(value)
+        t = torch.tensor(float(value), device=self.acc.device)
+        return float(self.acc.reduce(t, reduction="sum"))
+
+
+def _micro_batches(plan: list, step: int, acc, ga: int) -> list:
+    """This process's micro-batches of optimizer step `step` (interleaved across processes)."""
+    world, rank = acc.num_processes, acc.process_index
+    base = step * ga * world
+    return [plan[base + m * world + rank] for m in range(ga)]
+
+
+def _fit(run: _Run, plan: list, total: int, forward, desc: str, after_step=None) -> dict:
+    """The optimizer loop shared by both trainers. `forward(batch) -> (loss, n_real_tokens)`."""
+    from tqdm.auto import tqdm
+
+    s, acc = run.s, run.acc
+    start, cpu_start = time.perf_counter(), time.process_time()
+    start_tokens, start_step = run.tokens, run.step
+    bar = tqdm(total=total, initial=run.step, desc=desc, disable=not (s["progress"] and acc.is_main_process))
+    run.module.train()
+    while run.step < total:
+        for group in run.opt.param_groups:
+            group["lr"] = lr_at(run.step, total, s["lr"], s["warmup_steps"])
+        losses, n_tok = [], 0
+        for batch in _micro_batches(plan, run.step, acc, s["grad_accum"]):
+            with acc.accumulate(run.module):
+                loss, tokens = forward(batch)
+                acc.backward(loss)
+                if acc.sync_gradients and s["max_grad_norm"]:
+                    acc.clip_grad_norm_(run.module.parameters(), s["max_grad_norm"])
+                run.opt.step()
+                run.opt.zero_grad(set_to_none=True)
+            losses.append(loss.detach().float().item())
+            n_tok += tokens
+        run.step += 1
+        run.tokens += int(run.reduce_sum(n_tok))
+        loss = run.reduce_sum(sum(losses) / len(losses)) / acc.num_processes
+        run.curve.append([run.step, run.tokens, round(loss, 6)])
+        if after_step:
+            after_step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{(run.tokens - start_tokens) / (time.perf_counter() - start):.0f}")
+        if s["checkpoint_every"] and run.step % s["checkpoint_every"] == 0 and run.step < total:
+            run.save()
+    bar.close()
+    loop_s, loop_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    tail = [c[2] for c in run.curve[-max(1, min(10, len(run.curve))):]]
+    return {"steps": run.step, "train_tokens": run.tokens, "final_loss": sum(tail) / max(1, len(tail)),
+            "session_tokens": run.tokens - start_tokens, "loop_s": loop_s, "loop_cpu_s": loop_cpu_s,
+            "tokens_per_s": (run.tokens - start_tokens) / max(loop_s, 1e-9) if run.step > start_step else None}
+
+
+def _finish(run: _Run, out_dir: Path, info: dict) -> None:
+    """Write out_dir/adapter (peft safetensors, or the full model) and out_dir/curve.tsv."""
+    acc = run.acc
+    acc.wait_for_everyone()
+    state = acc.get_state_dict(run.module)
+    if acc.is_main_process:
+        model = acc.unwrap_model(run.module).model
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with io.atomic_path(out_dir / "adapter") as tmp:
+            model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            io.write_json(tmp / TRAINING_INFO, info)
+        io.write_text(out_dir / "curve.tsv", "step\ttokens\tloss\n" + "".join(
+            f"{a}\t{b}\t{c}\n" for a, b, c in run.curve))
+        if not run.s["keep_checkpoint"]:
+            shutil.rmtree(run.ckpt, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.free_memory()
+
+
+def _total_steps(s: dict, n_plan: int, world: int) -> int:
+    """Optimizer steps the plan supports (each takes grad_accum x processes micro-batches), capped by max_steps."""
+    steps = n_plan // (s["grad_accum"] * world)
+    if steps == 0:
+        raise PolyalignError("(examples)", "batch_size", f"{n_plan} micro-batches cannot fill one step of "
+                             f"{s['grad_accum']} x {world} processes", "lower batch_size or grad_accum")
+    return min(s["max_steps"], steps) if s["max_steps"] else steps
+
+
+def _epoch_plan(units: list, lengths: list[int], s: dict, packed: bool, epochs: int) -> list[list[int]]:
+    """Micro-batches (lists of unit indices) for `epochs` epochs, seeded by `seed` and the epoch."""
+    plan = []
+    for epoch in range(epochs):
+        rng = random.Random(s["seed"] * 1_000_003 + epoch)
+        if packed:
+            order = list(range(len(units)))
+            rng.shuffle(order)
+            plan += [order[i:i + s["batch_size"]] for i in range(0, len(order), s["batch_size"])]
+        elif s["order"] == "given":  # taco_data's curriculum: keep the caller's order
+            plan += [list(range(i, min(i + s["batch_size"], len(units)))) for i in range(0, len(units), s["batch_size"])]
+        else:
+            plan += bucket_batches(lengths, s["batch_size"], rng, s["bucket_window"])
+    return plan
+
+
+def _epochs_needed(s: dict, n_micro_per_epoch: int, world: int) -> int:
+    if not s["max_steps"]:
+        return s["epochs"]
+    per_epoch = max(1, n_micro_per_epoch // (s["grad_accum"] * world))
+    return max(1, math.ceil(s["max_steps"] / per_epoch))
+
+
+class _VocabTrim:
+    """output_vocab: data. The first `output_vocab_probe` steps train on the full vocabulary and
+    sum its softmax at the label positions (no extra pass); then the loss moves to `mass_support`."""
+
+    def __init__(self, run: _Run, units: list):
+        self.run, self.s, self.units = run, run.s, units
+        self.loss = run.acc.unwrap_model(run.module)
+        self.loss.start_probe()
+        self.covered = None
+        run.extra_save.append(self.state)
+        run.extra_load.append(self.restore)
+
+    def after_step(self) -> None:
+        if self.loss.support is not None or self.run.step < self.s["output_vocab_probe"]:
+            return
+        acc = self.run.acc
+        probs = acc.reduce(self.loss.prob_sum, reduction="sum") if acc.num_processes > 1 else self.loss.prob_sum
+        rows = self.run.reduce_sum(self.loss.prob_rows)
+        support, self.covered = mass_support(probs / max(rows, 1), label_support(self.units),
+                                             self.s["output_vocab_mass"], self.s["output_vocab_max"])
+        self.loss.set_support(support)
+
+    def state(self, folder: Path) -> dict:
+        """Checkpoint: the chosen support, or this process's partial sums while still probing."""
+        if self.loss.support is not None:
+            return {"support": self.loss.support.tolist(), "covered": self.covered}
+        from safetensors.torch import save_file
+
+        save_file({"prob_sum": self.loss.prob_sum.cpu(), "prob_rows": torch.tensor([self.loss.prob_rows])},
+                  str(folder / f"probe_{self.run.acc.process_index}.safetensors"))
+        return {}
+
+    def restore(self, folder: Path, state: dict) -> None:
+        if state.get("support") is not None:
+            self.loss.set_support(torch.tensor(state["support"], dtype=torch.long))
+            self.covered = state["covered"]
+            return
+        from safetensors.torch import load_file
+
+        saved = load_file(str(folder / f"probe_{self.run.acc.process_index}.safetensors"))
+        self.loss.prob_sum.copy_(saved["prob_sum"].to(self.loss.prob_sum.device))
+        self.loss.prob_rows = int(saved["prob_rows"][0])
+
+    def metrics(self) -> dict:
+        support = self.loss.support if self.loss.support is not None else self.loss.prob_sum  # never trimmed
+        return {"output_vocab": len(support),
+                "output_vocab_coverage": None if self.covered is None else round(self.covered, 5)}
+
+
+# --------------------------------------------------------------------------- public API
+def causal_units(tok, examples: list[dict], s: dict) -> tuple[list, dict]:
+    """Encoded training units (packed blocks or single examples) and counts of what was dropped."""
+    packed = s["packing"] is True or (s["packing"] == "auto" and all(not ex.get("prompt") for ex in examples))
+    limit = 10**9 if packed else s["max_len"]  # packed text is cut into blocks, never truncated
+    encoded = [encode_example(tok, ex.get("prompt") or "", ex["response"], limit) for ex in examples]
+    kept = [e for e in encoded if e is not None]
+    units = pack_sequences(kept, s["max_len"], start_ids(tok)) if packed else kept
+    return units, {"examples": len(examples), "dropped_too_long": len(encoded) - len(kept), "packed": packed,
+                   "units": len(units)}
+
+
+def train_causal_lm(base: str, examples: list[dict], out_dir: Path, cfg: dict) -> dict:
+    """Fine-tune `base` on {"prompt", "response"} examples; loss on response tokens only.
+
+    prompt "" makes an example plain language modelling on `response` (LAFT/MAFT); such
+    example sets are packed into `max_len` blocks. Writes out_dir/adapter (peft
+    safetensors, or the full model with full_finetune) and out_dir/curve.tsv
+    (step, tokens, loss). Returns train_tokens, final_loss (mean of the last 10 steps),
+    tokens_per_s (real, non-pad tokens of the training loop), peak_rss_gb, wall_s and counts.
+    """
+    wall = time.perf_counter()
+    s = settings(cfg)
+    precision = resolve_precision(s["mixed_precision"])
+    _seed(s["seed"])
+    model, tok = _load_base(base, "causal", precision, s["full_finetune"])
+    units, counts = causal_units(tok, examples, s)
+    if not units:
+        raise PolyalignError("(examples)", "response", "no example has a response token left",
+                             "check the data or raise max_len")
+    key = run_key(base, hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest(), s, "causal")
+    model = _wrap_trainable(model, s, "CAUSAL_LM")
+    run = _Run(CausalLMLoss(model, s["logits_chunk"]), s, precision, key, checkpoint_path(s, key))
+    world = run.acc.num_processes
+    n_micro = math.ceil(len(units) / s["batch_size"])
+    plan = _epoch_plan(units, [len(u[0]) for u in units], s, counts["packed"], _epochs_needed(s, n_micro, world))
+    total = _total_steps(s, len(plan), world)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    trim = _VocabTrim(run, units) if s["output_vocab"] == "data" else None
+    if s["resume"]:
+        run.try_resume()
+    device = run.acc.device
+
+    def forward(batch_idx):
+        b = collate([units[i] for i in batch_idx], pad)
+        loss, _ = run.module(b["input_ids"].to(device), b["labels"].to(device))
+        return loss, b["n_tokens"]
+
+    metrics = _fit(run, plan, total, forward, "train", after_step=trim.after_step if trim else None)
+    _finish(run, Path(out_dir), {"head": "causal", "base": base, "full_finetune": s["full_finetune"], "key": key})
+    vocab = trim.metrics() if trim else {"output_vocab": len(lm_parts(model)[1])}
+    return {**metrics, **counts, **vocab, "peak_rss_gb": round(peak_rss_gb(), 3), "wall_s": time.perf_counter() - wall,
+            "mixed_precision": precision, "processes": world,
+            "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None}
+
+
+def _reward_text_ids(tok, text: str, max_len: int) -> list[int]:
+    """Start token + text, cut from the left: the reply being judged sits at the end."""
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    head = start_ids(tok)
+    return head + ids[-max(1, max_len - len(head)):]
+
+
+def _pad_stack(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (B, T) and attention mask (B, T)."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.tensor(s)
+        mask[row, :len(s)] = 1
+    return ids, mask
+
+
+def train_reward_model(base: str, pairs: list[dict], out_dir: Path, cfg: dict) -> dict:
+    """Bradley–Terry reward model: `base` with a 1-logit head, LoRA (+ trained head) on {"chosen","rejected"}.
+
+    Writes out_dir/adapter and out_dir/curve.tsv like train_causal_lm; returns its metrics
+    plus final_accuracy (share of pairs ranked right over the last 10 steps).
+    """
+    wall = time.perf_counter()
+    s = settings(cfg)
+    precision = resolve_precision(s["mixed_precision"])
+    _seed(s["seed"])
+    model, tok = _load_base(base, "reward", precision, s["full_finetune"])
+    enc = [(_reward_text_ids(tok, p["chosen"], s["max_len"]), _reward_text_ids(tok, p["rejected"], s["max_len"]))
+           for p in pairs]
+    if not enc:
+        raise PolyalignError("(pairs)", "chosen", "no preference pairs to train on", "check the data")
+    key = run_key(base, hashlib.sha256(json.dumps(pairs, sort_keys=True).encode()).hexdigest(), s, "reward")
+    model = _wrap_trainable(model, s, "SEQ_CLS")
+    run = _Run(RewardLoss(model), s, precision, key, checkpoint_path(s, key))
+    world = run.acc.num_processes
+    n_micro = math.ceil(len(enc) / s["batch_size"])
+    lengths = [max(len(c), len(r)) for c, r in enc]
+    plan = _epoch_plan(enc, lengths, s, False, _epochs_needed(s, n_micro, world))
+    total = _total_steps(s, len(plan), world)
+    if s["resume"]:
+        run.try_resume()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device, accuracy = run.acc.device, []
+
+    def forward(batch_idx):
+        seqs = [enc[i][0] for i in batch_idx] + [enc[i][1] for i in batch_idx]
+        ids, mask = _pad_stack(seqs, pad)
+        loss, acc = run.module(ids.to(device), mask.to(device), len(batch_idx))
+        accuracy.append(float(acc))
+        return loss, int(mask.sum())
+
+    metrics = _fit(run, plan, total, forward, "reward")
+    _finish(run, Path(out_dir), {"head": "reward", "base": base, "full_finetune": s["full_finetune"], "key": key,
+                                 "max_len": s["max_len"]})
+    tail = accuracy[-10 * s["grad_accum"]:]
+    return {**metrics, "pairs": len(pairs), "final_accuracy": sum(tail) / len(tail) if tail else None,
+            "peak_rss_gb": round(peak_rss_gb(), 3), "wall_s": time.perf_counter() - wall,
+            "mixed_precision": precision, "processes": world}
+
+
+def load_trained(base: str, adapter_dir: Path, *, head: str | None = None, merge: bool = True, dtype=None):
+    """(model, tokenizer) of a trained adapter (or full model) in eval mode.
+
+    `head` defaults to what training recorded in adapter_dir/training.json. LoRA weights
+    are merged into the base by default: inference then costs the same as the base model.
+    """
+    from peft import PeftModel
+
+    from pipeline.models import load_model, load_tokenizer
+
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.exists():
+        raise PolyalignError(adapter_dir, "(folder)", "trained model not found", "run its training stage first")
+    info = io.read_json(adapter_dir / TRAINING_INFO) if (adapter_dir / TRAINING_INFO).exists() else {}
+    head = head or info.get("head", "causal")
+    if (adapter_dir / "adapter_config.json").exists():
+        model, tok = load_model(base, head=head, dtype=dtype)
+        model = PeftModel.from_pretrained(model, adapter_dir)
+        if merge:
+            model = model.merge_and_unload()
+    else:
+        model, _ = load_model(str(adapter_dir), head=head, dtype=dtype)
+        tok = load_tokenizer(base)
+    model.eval()
+    model.polyalign_max_len = info.get("max_len")  # reward_scores truncates as training did
+    return model, tok
+
+
+@torch.inference_mode()
+def reward_scores(model, tok, texts: list[str], batch_size: int = 16, max_len: int | None = None) -> list[float]:
+    """Scalar reward of each text (same encoding and truncation as training), batched by length, in input order."""
+    max_len = max_len or getattr(model, "polyalign_max_len", None) or DEFAULTS["max_len"]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    enc = [_reward_text_ids(tok, t, max_len) for t in texts]
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+    out = [0.0] * len(enc)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        ids, mask = _pad_stack([enc[j] for j in idx], pad)
+        scores = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
+        for j, v in zip(idx, scores):
+            out[j] = v
+    return out
+
+
+def is_main_process() -> bool:
+    """True on the process that writes results (always, outside `accelerate launch`)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

@@ -1,0 +1,393 @@
+"""mt_errors@<lang>: low-resource translation error analysis on the NTREX test documents.
+
+Every available system translates the test sentences English→language (`en-xx`) and
+language→English (`xx-en`): each available translator of the pack's list (pipeline.translate,
+cached), the base model prompted with the pack's `translate` template (`base`), and the
+adapted models prompted the same way (`taco`, `laft`: LoRA adapters under
+models/<lang>/{taco_sft,laft}/adapter, when present). Scores: sacrebleu BLEU, chrF++ and TER
+with signatures and sacrebleu's paired bootstrap against the pack's reference system (the
+first available entry of its translator list: what the pipeline itself translates with);
+COMET when `mt_errors.comet_checkpoint` is set. Per sentence: the error taxonomy of
+pipeline.mt_eval. Per adaptation corpus: Jensen–Shannon divergence to the test set.
+
+Writes results/<lang>/mt_errors.json (flat numbers + signature) and .rows.json,
+results/<lang>/mt_errors.details.json (rates, examples, signatures, which systems ran or why
+not), results/<lang>/mt_errors.sentences.tsv (one line per sentence and system) and
+results/<lang>/mt_errors/ (source, reference and every system's output as plain text, so any
+score can be recomputed with the sacrebleu command line).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline import io
+from pipeline.config import section
+from pipeline.errors import PolyalignError
+from pipeline.mt_eval import (COMET_NOT_COMPARABLE, ERROR_DOC, ERROR_TYPES, HIGHER_IS_BETTER, METRICS, THRESHOLDS,
+                              comet_covers, comet_scores, domain_divergence, error_rates, paired_scores,
+                              primary_error, sentence_chrf, sentence_errors)
+from pipeline.packs import LanguagePack, Translator as TranslatorSpec, load_language
+from pipeline.paths import data_dir, repo_root, results_dir
+from pipeline.provenance import sha256_file, sha256_text, signature
+from pipeline.report import row, write_stage
+from pipeline.stats import bootstrap_ci
+from pipeline.translate import (BACKWARD, FORWARD, MIN_LID_LETTERS, LlmIcl, Translator, backend_for,
+                                default_lang_check, letters)
+
+STAGE = "mt_errors"
+DIRS = {"en-xx": FORWARD, "xx-en": BACKWARD}
+ADAPTERS = {"taco": "taco_sft", "laft": "laft"}  # system name -> the stage whose adapter it is
+N_EXAMPLES = 3
+HUMAN = "human"  # the reference translation run through the error detectors (their false-positive floor)
+LID_MIN_ACCURACY = 0.95  # DESIGN.md contract (same as data@<lang>)
+
+
+# --------------------------------------------------------------------------- systems
+class AdaptedIcl(LlmIcl):
+    """The base model plus a trained LoRA adapter, prompted exactly like the base (`translate` template)."""
+
+    def __init__(self, pack: LanguagePack, adapter: Path, base: str, shots: int):
+        super().__init__(TranslatorSpec(kind="llm-icl", model=base, shots=shots), pack)
+        self.adapter = Path(adapter)
+
+    def system_id(self) -> str:
+        files = sorted(p for p in self.adapter.rglob("*") if p.is_file())
+        digest = sha256_text("".join(sha256_file(p) for p in files))[:12]
+        return f"{super().system_id()}:adapter{digest}"
+
+    def _load(self):
+        if self._model is None:
+            from pipeline.train import load_trained
+
+            self._model = load_trained(self.model_name, self.adapter)
+        return self._model
+
+
+def system_name(spec: TranslatorSpec) -> str:
+    """Short, stable name used in metric names: apertium, base, hub-mt, file, icl-<model>."""
+    if spec.kind == "llm-icl":
+        return "base" if spec.model in (None, "base") else "icl-" + Path(spec.model).name.replace(".", "_")
+    return spec.kind
+
+
+def _stage_base(stage: str) -> str:
+    try:
+        return section(stage).get("base") or section("model")["base"]
+    except PolyalignError:
+        return section("model")["base"]
+
+
+def build_systems(pack: LanguagePack, cfg: dict) -> tuple[dict[str, object], dict[str, str], str]:
+    """({name: backend} of available systems, {name: why not} for the others, the reference's name)."""
+    backends, skipped, reference = {}, {}, None
+    for spec in pack.translators:
+        name = system_name(spec)
+        backend = backend_for(spec, pack)
+        ok, why = backend.available()
+        if ok and name not in backends:
+            backends[name] = backend
+            reference = reference or name
+        elif not ok:
+            skipped[name] = why
+    if "base" not in backends:
+        base = LlmIcl(TranslatorSpec(kind="llm-icl", model="base", shots=cfg["shots"]), pack)
+        ok, why = base.available()
+        backends.update({"base": base} if ok else {})
+        skipped.update({} if ok else {"base": why})
+    for name, stage in ADAPTERS.items():
+        adapter = repo_root() / "models" / pack.id / stage / "adapter"
+        if adapter.is_dir():
+            backends[name] = AdaptedIcl(pack, adapter, _stage_base(stage), cfg["shots"])
+        else:
+            skipped[name] = f"no adapter at models/{pack.id}/{stage}/adapter (run `dvc repro {stage}@{pack.id}`)"
+    if not backends:
+        raise PolyalignError(f"languages/{pack.id}.yaml", "translators", "no translation system is available ("
+                             + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")", "see `polyalign doctor`")
+    return backends, skipped, reference or next(iter(backends))
+
+
+def load_test_set(pack_id: str) -> list[dict]:
+    """data/<lang>/test.jsonl in file order (documents stay together, so a prefix is whole documents and a part)."""
+    path = data_dir(pack_id) / "test.jsonl"
+    if not path.exists():
+        raise PolyalignError(path, "(file)", "test split missing", f"run `dvc repro data@{pack_id}`")
+    return io.read_jsonl(path)
+
+
+# --------------------------------------------------------------------------- scoring one direction
+def lid_verdicts(outputs: list[str], lang: str, check) -> list[bool | None]:
+    """LID verdict per output; None (not judged) for outputs with under MIN_LID_LETTERS letters, where
+    identifiers guess (pipeline.translate), and for all outputs when no identifier is available."""
+    idx = [i for i, o in enumerate(outputs) if letters(o) >= MIN_LID_LETTERS]
+    try:
+        got = check([outputs[i] for i in idx], lang) if idx else []
+    except PolyalignError:
+        return [None] * len(outputs)
+    out: list[bool | None] = [None] * len(outputs)
+    for i, ok in zip(idx, got):
+        out[i] = bool(ok)
+    return out
+
+
+def flag_outputs(src: list[str], ref: list[str], outputs: list[str], *, src_script: str, tgt_script: str, lang: str,
+                 check, thresholds: dict) -> dict:
+    """Per-sentence error flags of one system's outputs, their rates, and how many LID could judge."""
+    verdicts = lid_verdicts(outputs, lang, check)
+    flags = [sentence_errors(s, h, r, on_target=v, src_script=src_script, tgt_script=tgt_script,
+                             thresholds=thresholds) for s, h, r, v in zip(src, outputs, ref, verdicts)]
+    return {"flags": flags, "rates": error_rates(flags), "lid_known": sum(v is not None for v in verdicts)}
+
+
+def analyse(src: list[str], ref: list[str], hyps: dict[str, list[str]], *, reference: str, tgt_script: str,
+            n_boot: int, **flag_kw) -> dict:
+    """Scores, per-sentence flags and rates of every system in one direction.
+
+    The human reference also runs through the detectors as system HUMAN: its error shares
+    (off-target above all: the identifier's own misses) are the floor under every system's.
+    """
+    scores = paired_scores(hyps, ref, reference, script=tgt_script, n_samples=n_boot)
+    out = {}
+    for name, outputs in hyps.items():
+        out[name] = flag_outputs(src, ref, outputs, tgt_script=tgt_script, **flag_kw)
+        out[name] |= {"scores": scores[name], "chrf": [sentence_chrf(h, r) for h, r in zip(outputs, ref)]}
+    out[HUMAN] = flag_outputs(src, ref, ref, tgt_script=tgt_script, **flag_kw) | {"chrf": [100.0] * len(ref)}
+    return out
+
+
+def examples(rows: list[dict], src: list[str], ref: list[str], outputs: list[str], flags: list[dict]) -> dict:
+    """Up to N_EXAMPLES sentences per error type (test-file order)."""
+    out = {}
+    for name in ERROR_TYPES:
+        hits = [i for i, f in enumerate(flags) if f.get(name)][:N_EXAMPLES]
+        out[name] = [{"doc": rows[i]["doc"], "line": rows[i]["line"], "source": src[i], "output": outputs[i],
+                      "reference": ref[i]} for i in hits]
+    return out
+
+
+# --------------------------------------------------------------------------- rows
+def score_rows(pack: str, d: str, result: dict, reference: str, n: int) -> list[dict]:
+    out = []
+    for name, res in result.items():
+        if name == HUMAN:
+            continue
+        for metric in METRICS:
+            s = res["scores"][metric]
+            base = None if name == reference else result[reference]["scores"][metric]["score"]
+            note = None if s["p_value"] is None else f"paired bootstrap vs {reference}: p={s['p_value']:.4f}"
+            out.append(row(pack, "language", STAGE, f"{metric}.{d}.{name}", s["score"], ci=(s["ci_low"], s["ci_high"]),
+                           baseline=base, n=n, higher_is_better=HIGHER_IS_BETTER[metric], note=note))
+    return out
+
+
+def error_rows(pack: str, d: str, result: dict, lid_note: str | None) -> list[dict]:
+    """Primary-error shares (each sentence counted once), with bootstrap CIs over sentences."""
+    out = []
+    for name, res in result.items():
+        primary = [primary_error(f) for f in res["flags"]]
+        for kind in (*ERROR_TYPES, "any"):
+            hits = [p != "ok" if kind == "any" else p == kind for p in primary]
+            value, lo, hi = bootstrap_ci(hits)
+            note = lid_note if kind in ("off_target", "any") else None
+            if name == HUMAN and kind == "any":
+                note = "the human reference through the same detectors: the floor under every system's shares"
+            if kind == "off_target" and res["lid_known"] == 0:
+                value, lo, hi = None, None, None
+                note = (f"not measured: no output has the {MIN_LID_LETTERS} letters language identification "
+                        "needs, or no identifier is available")
+            out.append(row(pack, "language", STAGE, f"err.{kind}.{d}.{name}", value, ci=(lo, hi), n=len(hits),
+                           higher_is_better=False, note=note))
+    return out
+
+
+def comet_rows(pack: LanguagePack, d: str, src, ref, hyps: dict, reference: str, cfg: dict) -> tuple[list, dict]:
+    """COMET per system (or one skipped row per system), and {system: system score} for the details."""
+    checkpoint = cfg.get("comet_checkpoint")
+    covered = comet_covers(pack.bcp47)
+    coverage = ("" if covered else f"; {pack.name} ({pack.bcp47}) is outside the COMET encoder's (XLM-R) "
+                f"languages{'' if covered is False else ' (coverage unknown)'}: scores are unreliable")
+    if not checkpoint:
+        return [row(pack.id, "language", STAGE, f"comet.{d}.{name}", None, n=len(src),
+                    note="skipped: no COMET checkpoint configured (params.yaml mt_errors.comet_checkpoint)" + coverage)
+                for name in hyps], {}
+    path = Path(checkpoint) if Path(checkpoint).is_absolute() else repo_root() / checkpoint
+    if not path.is_file():
+        raise PolyalignError("params.yaml", "mt_errors.comet_checkpoint", f"'{checkpoint}' is not a file",
+                             "point it at a COMET checkpoint (…/checkpoints/model.ckpt)")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    segs = {name: comet_scores(path, src, out, ref, batch_size=cfg["comet_batch_size"])[1]
+            for name, out in hyps.items()}
+    rows, summary = [], {}
+    for name, seg in segs.items():
+        value, lo, hi = bootstrap_ci(seg)
+        base = None if name == reference else sum(segs[reference]) / len(segs[reference])
+        rows.append(row(pack.id, "language", STAGE, f"comet.{d}.{name}", value, ci=(lo, hi), baseline=base,
+                        n=len(seg), note=COMET_NOT_COMPARABLE + coverage))
+        summary[name] = value
+    return rows, summary
+
+
+def domain_rows(pack_id: str, test_tgt: list[str], cfg: dict) -> tuple[list[dict], dict]:
+    """JSD of each configured adaptation corpus to the test set's target side."""
+    rows, details = [], {}
+    for name, spec in cfg["domain_corpora"].items():
+        lines = read_corpus(spec.format(pack=pack_id))
+        if lines is None:
+            rows.append(row(pack_id, "language", STAGE, f"jsd.{name}", None, higher_is_better=False,
+                            note=f"corpus not present: {spec.format(pack=pack_id)}"))
+            continue
+        d = domain_divergence(lines, test_tgt, samples=cfg["jsd_samples"])
+        details[name] = d
+        note = None if d["complete"] else (f"corpus ({d['corpus_tokens']} tokens) smaller than the test set "
+                                           f"({d['test_tokens']}): divergence biased upwards")
+        rows.append(row(pack_id, "language", STAGE, f"jsd.{name}", d["jsd"], ci=(d["ci_low"], d["ci_high"]),
+                        n=d["test_tokens"], higher_is_better=False, note=note))
+    return rows, details
+
+
+def read_corpus(spec: str) -> list[str] | None:
+    """`path` (one text a line) or `path#field1,field2` (JSON lines, those fields); None if absent."""
+    path, _, fields = spec.partition("#")
+    full = repo_root() / path
+    if not full.exists():
+        return None
+    if not fields:
+        return [line for line in full.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keys = fields.split(",")
+    return [str(r[k]) for r in io.read_jsonl(full) for k in keys if r.get(k)]
+
+
+def lid_soundness_note(pack_id: str) -> str | None:
+    """The data@<lang> LID accuracy, when it is under the contract's 0.95."""
+    path = results_dir(pack_id) / "data.json"
+    acc = io.read_json(path).get("lid_accuracy") if path.exists() else None
+    if acc is None:
+        return "language identifier accuracy not measured (run data@<lang>): off-target rates unverified"
+    if acc < LID_MIN_ACCURACY:
+        return f"language identifier reaches only {acc:.2f} accuracy on held-out {pack_id}: off-target rates unreliable"
+    return None
+
+
+# --------------------------------------------------------------------------- writing
+def write_texts(pack_id: str, d: str, src: list[str], ref: list[str], hyps: dict[str, list[str]]) -> None:
+    def text(lines):
+        return "".join(" ".join(x.split()) + "\n" for x in lines)
+
+    out = results_dir(pack_id) / STAGE
+    files = {f"{d}.src.txt": src, f"{d}.ref.txt": ref, **{f"{d}.{name}.txt": h for name, h in hyps.items()}}
+    for name, lines in files.items():
+        io.write_text(out / name, text(lines))
+
+
+def tsv_lines(d: str, rows: list[dict], src, ref, hyps: dict, result: dict) -> list[str]:
+    def clean(x):
+        return " ".join(str(x).split())
+
+    out = []
+    for name, outputs in hyps.items():
+        res = result[name]
+        for i, r in enumerate(rows):
+            f = res["flags"][i]
+            marks = ["" if f[t] is None else str(int(f[t])) for t in ERROR_TYPES]
+            out.append("\t".join([d, name, clean(r["doc"]), str(r["line"]), f"{res['chrf'][i]:.2f}",
+                                  primary_error(f), *marks, clean(src[i]), clean(outputs[i]), clean(ref[i])]))
+    return out
+
+
+TSV_HEADER = "\t".join(["direction", "system", "doc", "line", "chrf++", "primary", *ERROR_TYPES, "source", "output",
+                        "reference"])
+
+
+def flat(d: str, result: dict, comet: dict) -> dict:
+    out = {}
+    for name, res in result.items():
+        for metric in METRICS if name != HUMAN else ():
+            s = res["scores"][metric]
+            out[f"{d}.{name}.{metric}"] = s["score"]
+            if s["p_value"] is not None:
+                out[f"{d}.{name}.{metric}.p_value"] = s["p_value"]
+        for kind, r in res["rates"].items():
+            if r["rate"] is not None:
+                out[f"{d}.{name}.rate.{kind}"] = r["rate"]
+        if name in comet:
+            out[f"{d}.{name}.comet"] = comet[name]
+    return out
+
+
+# --------------------------------------------------------------------------- the stage
+def translate_all(backends: dict, pack: LanguagePack, src: list[str], direction: str, check) -> dict[str, list[str]]:
+    """Every system's outputs (cached by pipeline.translate); a model is freed once its system is done."""
+    hyps = {}
+    for name, backend in backends.items():
+        hyps[name] = Translator(pack, backend, lang_check=check).translate(src, direction).outputs
+        if hasattr(backend, "_model"):
+            backend._model = None
+    return hyps
+
+
+def evaluate(pack: LanguagePack, cfg: dict, rows: list[dict], backends: dict, reference: str, check, *,
+             domain_test: list[str] | None = None) -> dict:
+    """Everything mt_errors measures, for given systems (tests pass fake backends and LID).
+
+    `rows` are the sentences translated; the domain divergence uses `domain_test` (the whole
+    test split's target side): JSD depends on sample size, so it must not shrink with
+    `max_sentences`.
+    """
+    lid_note = lid_soundness_note(pack.id)
+    thresholds = THRESHOLDS | (cfg.get("thresholds") or {})
+    report = {"metrics": {}, "rows": [], "details": {}, "tsv": [TSV_HEADER], "texts": {}}
+    for d, direction in DIRS.items():
+        en, tgt = [r["en"] for r in rows], [r["tgt"] for r in rows]
+        src, ref = (en, tgt) if d == "en-xx" else (tgt, en)
+        scripts = ("Latn", pack.script) if d == "en-xx" else (pack.script, "Latn")
+        hyps = translate_all(backends, pack, src, direction, check)
+        result = analyse(src, ref, hyps, reference=reference, src_script=scripts[0], tgt_script=scripts[1],
+                         lang="tgt" if d == "en-xx" else "en", check=check, thresholds=thresholds,
+                         n_boot=cfg["n_boot"])
+        c_rows, comet = comet_rows(pack, d, src, ref, hyps, reference, cfg)
+        report["rows"] += score_rows(pack.id, d, result, reference, len(rows)) + c_rows
+        # the pack's identifier judges en-xx outputs; English (xx-en) is identified well by every identifier
+        report["rows"] += error_rows(pack.id, d, result, lid_note if d == "en-xx" else None)
+        report["metrics"] |= flat(d, result, comet)
+        outputs = {**hyps, HUMAN: ref}
+        report["details"][d] = {name: {"scores": res.get("scores"), "rates": res["rates"], "comet": comet.get(name),
+                                       "examples": examples(rows, src, ref, outputs[name], res["flags"])}
+                                for name, res in result.items()}
+        report["tsv"] += tsv_lines(d, rows, src, ref, outputs, result)
+        report["texts"][d] = (src, ref, hyps)
+    d_rows, domain = domain_rows(pack.id, domain_test or [r["tgt"] for r in rows], cfg)
+    report["rows"] += d_rows
+    report["metrics"] |= {f"jsd.{k}": v["jsd"] for k, v in domain.items()}
+    report["details"]["domain"] = domain
+    return report
+
+
+def run(pack_id: str) -> None:
+    pack, cfg = load_language(pack_id), section(STAGE)
+    test = load_test_set(pack_id)
+    rows = test[: cfg["max_sentences"]] if cfg.get("max_sentences") else test
+    backends, skipped, reference = build_systems(pack, cfg)
+    report = evaluate(pack, cfg, rows, backends, reference, default_lang_check(pack),
+                      domain_test=[r["tgt"] for r in test])
+    systems = {name: b.system_id() for name, b in backends.items()}
+    details = {"reference": reference, "systems": systems, "skipped": skipped,
+               "thresholds": THRESHOLDS | (cfg.get("thresholds") or {}), "error_types": ERROR_DOC,
+               "comet_checkpoint": cfg.get("comet_checkpoint"), "comet_covers_language": comet_covers(pack.bcp47),
+               "n_sentences": len(rows), **report["details"]}
+    for d, (src, ref, hyps) in report["texts"].items():
+        write_texts(pack_id, d, src, ref, hyps)
+    io.write_json(results_dir(pack_id) / f"{STAGE}.details.json", details)
+    io.write_text(results_dir(pack_id) / f"{STAGE}.sentences.tsv", "\n".join(report["tsv"]) + "\n")
+    sig = signature(stage=STAGE, pack=pack_id, cfg=cfg, systems=systems, reference=reference,
+                    test=sha256_file(data_dir(pack_id) / "test.jsonl")[:12],
+                    sacrebleu_chrf=report["details"]["en-xx"][reference]["scores"]["chrf++"]["signature"])
+    metrics = {"n_sentences": len(rows), "systems": len(backends), **report["metrics"]}
+    write_stage(pack_id, STAGE, metrics, report["rows"], sig)
+
+
+if __name__ == "__main__":
+    from stages._cli import stage_main
+
+    raise SystemExit(stage_main(run, __doc__))

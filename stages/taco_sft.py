@@ -1,0 +1,119 @@
+"""taco_sft@<lang>: two LoRA adapters on the same translated instructions (pipeline.train).
+
+- `taco`:  prompt = the TaCo instruction template (instruction in the pack's language),
+           response = the three-part target (instruction in English, answer in English,
+           answer in the pack's language); loss on response tokens only;
+- `plain`: prompt = the plain instruct template, response = the translated answer only.
+
+Same samples, same order (taco_data's curriculum), same settings (`taco.sft`), so the
+difference between the two is the chain-of-thought format alone. When taco_data found too
+few samples above the round-trip gate, nothing is trained: models/<lang>/taco_sft/status.json
+and the scorecard rows say why (translator, measured round-trip chrF, counts).
+
+Writes models/<lang>/taco_sft/{taco,plain}/{adapter/,curve.tsv} and status.json (one atomic
+rename), results/<lang>/taco_sft.{json,rows.json} and the curves for DVC plots as
+results/<lang>/taco_sft_{taco,plain}_curve.tsv (step, tokens, loss).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import io
+from pipeline.config import section
+from pipeline.paths import data_dir, repo_root, results_dir
+from pipeline.provenance import sha256_file, signature
+from pipeline.report import row, write_stage
+from pipeline.train import DEFAULTS
+
+STAGE = "taco_sft"
+SYSTEMS = ("taco", "plain")
+COST = (("final_loss", False), ("train_tokens", True), ("tokens_per_s", True), ("wall_s", False),
+        ("peak_rss_gb", False))
+
+
+def out_dir(pack_id: str) -> Path:
+    return repo_root() / "models" / pack_id / STAGE
+
+
+def curve_path(pack_id: str, name: str) -> Path:
+    """Training curve for DVC plots (outside the adapter folder: DVC outputs may not overlap)."""
+    return results_dir(pack_id) / f"{STAGE}_{name}_curve.tsv"
+
+
+def train_cfg(cfg: dict) -> dict:
+    """`taco.sft` as pipeline.train settings; batches follow taco_data's curriculum order by default."""
+    return {"order": "given", **cfg["sft"]}
+
+
+def skipped_rows(pack_id: str, reason: str) -> list[dict]:
+    note = f"not trained: {reason}"
+    return [row(pack_id, "language", STAGE, f"final_loss_{name}", None, higher_is_better=False, note=note)
+            for name in SYSTEMS]
+
+
+def trained_rows(pack_id: str, results: dict[str, dict]) -> list[dict]:
+    """Training cost and final loss per adapter (one run each: no CI)."""
+    return [row(pack_id, "language", STAGE, f"{key}_{name}", results[name].get(key), higher_is_better=hib,
+                note=None if results[name].get(key) is not None else "not reported by the trainer")
+            for name in SYSTEMS for key, hib in COST]
+
+
+def fitting(base: str, samples: list[dict], max_len: int) -> tuple[list[dict], int]:
+    """Samples whose TaCo example (the longer of the two) fits `max_len` tokens, and how many did not.
+
+    The trainer would cut a too-long response from the right, which removes exactly the
+    target-language answer TaCo is about; such samples are dropped for both adapters and counted.
+    """
+    from pipeline.models import load_tokenizer
+    from pipeline.train import encode_example
+
+    tok = load_tokenizer(base)
+    size = [len(encode_example(tok, s["taco"]["prompt"], s["taco"]["response"], 10**9)[0]) for s in samples]
+    kept = [s for s, n in zip(samples, size) if n <= max_len]
+    return kept, len(samples) - len(kept)
+
+
+def train_both(base: str, samples: list[dict], out: Path, cfg: dict) -> dict[str, dict]:
+    """Train the taco and plain adapters into `out` (an atomic temporary folder)."""
+    from pipeline.train import train_causal_lm
+
+    results = {}
+    for name in SYSTEMS:
+        examples = [s[name] for s in samples]
+        results[name] = train_causal_lm(base, examples, out / name, train_cfg(cfg))
+    return results
+
+
+def run(pack_id: str, cfg: dict | None = None) -> None:
+    cfg = cfg or section("taco")
+    folder = data_dir(pack_id)
+    meta, samples = io.read_json(folder / "taco_meta.json"), io.read_jsonl(folder / "taco.jsonl")
+    base = cfg.get("base") or section("model")["base"]
+    too_long = 0
+    if meta["usable"] and samples:
+        samples, too_long = fitting(base, samples, {**DEFAULTS, **train_cfg(cfg)}["max_len"])
+    trained = bool(meta["usable"]) and len(samples) >= cfg["min_samples"]
+    reason = meta["reason"] or (f"only {len(samples)} samples fit max_len (need {cfg['min_samples']})"
+                                if not trained else "")
+    with io.atomic_path(out_dir(pack_id)) as tmp:
+        tmp.mkdir()
+        results = train_both(base, samples, tmp, cfg) if trained else {}
+        io.write_json(tmp / "status.json", {"trained": trained, "reason": "" if trained else reason, "base": base,
+                                            "translator": meta["translator"], "samples": len(samples), "too_long": too_long,
+                                            "results": results})
+    for name in SYSTEMS:  # header only when nothing was trained, so the plot is empty, not missing
+        curve = out_dir(pack_id) / name / "curve.tsv"
+        io.write_text(curve_path(pack_id, name), curve.read_text() if curve.exists() else "step\ttokens\tloss\n")
+    metrics = {"trained": trained, "samples": len(samples), "too_long": too_long}
+    metrics |= {f"{k}_{name}": v for name, res in results.items() for k, v in res.items()}
+    rows = trained_rows(pack_id, results) if trained else skipped_rows(pack_id, reason)
+    sig = signature(stage=STAGE, pack=pack_id, base=base, cfg=cfg["sft"], translator=meta["translator"],
+                    data=sha256_file(folder / "taco.jsonl")[:12])
+    write_stage(pack_id, STAGE, metrics, rows, sig)
+
+
+if __name__ == "__main__":
+    from stages._cli import stage_main
+
+    raise SystemExit(stage_main(run, __doc__))

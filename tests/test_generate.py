@@ -1,0 +1,112 @@
+"""pipeline.generate: batched greedy equals per-example greedy; scoring against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline import generate as G
+from pipeline.train import start_ids
+
+TINY = "tiny-random"
+PROMPTS = ["Translate to Galician: the house\n", "Hello", "A much longer prompt about the weather in Lilongwe today,",
+           "Nepal", "Q: what is two plus two?\nA:"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from pipeline.models import load_model
+
+    return load_model(TINY, dtype=torch.float64)  # float64: no near-tie argmax flips between batch shapes
+
+
+def full_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """log p(ids[i] | ids[:i]) for i >= 1 from one plain forward pass: shape (len(ids) - 1,)."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1].double()
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
+
+
+def test_batched_greedy_equals_per_example(lm):
+    model, tok = lm
+    batched = G.generate(model, tok, PROMPTS, max_new_tokens=12, batch_size=8)
+    single = [G.generate(model, tok, [p], max_new_tokens=12, batch_size=1)[0] for p in PROMPTS]
+    assert batched == single
+    assert all(isinstance(s, str) for s in batched)
+
+
+def test_generated_ids_stop_at_eos_and_follow_greedy_argmax(lm):
+    model, tok = lm
+    ids = G.generate_ids(model, tok, PROMPTS[:2], max_new_tokens=6, batch_size=2)
+    for prompt, (new,) in zip(PROMPTS[:2], ids):
+        assert 1 <= len(new) <= 6
+        context = start_ids(tok) + tok(prompt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            first = model(torch.tensor([context])).logits[0, -1].argmax().item()
+        assert new[0] == first
+        assert tok.eos_token_id not in new[:-1]
+
+
+def test_sampling_returns_n_per_prompt_and_is_seeded(lm):
+    model, tok = lm
+    a = G.generate(model, tok, PROMPTS[:2], max_new_tokens=5, do_sample=True, temperature=1.0, top_p=0.9,
+                   num_return_sequences=3, seed=7)
+    b = G.generate(model, tok, PROMPTS[:2], max_new_tokens=5, do_sample=True, temperature=1.0, top_p=0.9,
+                   num_return_sequences=3, seed=7)
+    assert a == b and len(a) == 2 and all(len(x) == 3 for x in a)
+
+
+def test_continuation_logprobs_against_hand_computation(lm):
+    model, tok = lm
+    prompts, conts = ["The capital of Malawi is", "Hello"], [" Lilongwe", " world, again"]
+    got = G.continuation_logprobs(model, tok, prompts, conts, batch_size=2)
+    for prompt, cont, value in zip(prompts, conts, got):
+        ctx = start_ids(tok) + tok(prompt, add_special_tokens=False)["input_ids"]
+        tgt = tok(cont, add_special_tokens=False)["input_ids"]
+        want = full_logprobs(model, ctx + tgt)[len(ctx) - 1:].sum().item()
+        assert value == pytest.approx(want, abs=1e-8)
+    assert G.continuation_logprobs(model, tok, ["x"], [""]) == [0.0]
+
+
+def test_text_nll_bits_sums_every_token_given_bos(lm):
+    model, tok = lm
+    texts = ["Muli bwanji?", "Namaste, how are you today?", ""]
+    bits = G.text_nll_bits(model, tok, texts, batch_size=2)
+    for text, value in zip(texts[:2], bits):
+        ids = start_ids(tok) + tok(text, add_special_tokens=False)["input_ids"]
+        assert value == pytest.approx(-full_logprobs(model, ids).sum().item() / math.log(2), rel=1e-9)
+    assert bits[2] == 0.0
+
+
+def test_windows_score_each_target_token_once():
+    ctx, tgt = [1], list(range(10, 30))
+    pieces = G.windows(ctx, tgt, max_len=8)
+    assert sum((p[1] for p in pieces), []) == tgt
+    assert all(len(c) + len(t) <= 8 and c for c, t in pieces)
+    assert pieces[1] == (tgt[0:4], tgt[4:8])  # piece 2 sees the 4 target tokens before it
+    assert G.windows(ctx, tgt[:3], max_len=8) == [(ctx, tgt[:3])]
+
+
+def test_long_text_is_scored_in_windows(lm):
+    model, tok = lm
+    text = "word " * 60
+    whole = G.text_nll_bits(model, tok, [text], max_len=4096)[0]
+    windowed = G.text_nll_bits(model, tok, [text], max_len=32)[0]
+    assert windowed > 0 and abs(windowed - whole) / whole < 0.5
+
+
+def test_token_logprobs_matches_log_softmax():
+    torch.manual_seed(0)
+    h, w, y = torch.randn(9, 4), torch.randn(12, 4), torch.randint(0, 12, (9,))
+    want = torch.log_softmax(h @ w.t(), -1).gather(1, y[:, None]).squeeze(1)
+    assert torch.allclose(G.token_logprobs(h, w, y, chunk=4), want, atol=1e-5)

@@ -1,0 +1,203 @@
+"""scorecard@<pack>, compare and the rendered report (Markdown, HTML, headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import PolyalignError
+from pipeline.mt_eval import COMET_NOT_COMPARABLE, ERROR_TYPES
+from pipeline.report import row, write_stage
+
+LANGS, CULTURES = ["nya", "npi", "glg"], ["gr", "mx", "kr"]
+
+
+def _mt_rows(pack: str, rng: random.Random) -> list[dict]:
+    """Rows shaped like mt_errors@<lang> writes them (values synthetic)."""
+    rows = []
+    for d in ("en-xx", "xx-en"):
+        ref = 30 + 20 * rng.random()
+        for system in ("base", "laft", "taco"):
+            v = ref if system == "base" else ref + rng.uniform(-5, 8)
+            rows.append(row(pack, "language", "mt_errors", f"chrf++.{d}.{system}", v, ci=(v - 2, v + 2),
+                            baseline=None if system == "base" else ref, n=200))
+            rows.append(row(pack, "language", "mt_errors", f"comet.{d}.{system}", None, n=200,
+                            note="skipped: no COMET checkpoint configured"))
+            shares = [rng.uniform(0, 0.08) for _ in ERROR_TYPES]
+            for name, share in zip(ERROR_TYPES, shares):
+                rows.append(row(pack, "language", "mt_errors", f"err.{name}.{d}.{system}", share, n=200,
+                                higher_is_better=False))
+            rows.append(row(pack, "language", "mt_errors", f"err.any.{d}.{system}", sum(shares), n=200,
+                            higher_is_better=False))
+    for corpus in ("train_tgt", "mono_train"):
+        j = rng.uniform(0.2, 0.6)
+        rows.append(row(pack, "language", "mt_errors", f"jsd.{corpus}", j, ci=(j - 0.01, j + 0.01),
+                        higher_is_better=False))
+    return rows
+
+
+def make_repo(root: Path) -> Path:
+    """A repository root with six enabled packs, each with stage rows in results/ (POLYALIGN_ROOT must point at it)."""
+    for kind, ids in (("languages", LANGS), ("cultures", CULTURES)):
+        (root / kind).mkdir()
+        for pack in ids:
+            (root / kind / f"{pack}.yaml").write_text(f"id: {pack}\n")
+    (root / "params.yaml").write_text(f"languages: {LANGS}\ncultures: {CULTURES}\n")
+    rng = random.Random(0)
+    for pack in LANGS:
+        acc = 0.99
+        write_stage(pack, "data", {}, [row(pack, "language", "data", "lid_accuracy", acc, ci=(0.97, 1.0), n=400)],
+                    "sig")
+        bpb = rng.uniform(1.5, 3)
+        write_stage(pack, "laft_eval", {}, [row(pack, "language", "laft_eval", "bits_per_byte", bpb - 0.3,
+                                                ci=(bpb - 0.35, bpb - 0.25), baseline=bpb, n=300,
+                                                higher_is_better=False)], "sig")
+        write_stage(pack, "mt_errors", {}, _mt_rows(pack, rng), "sig")
+    for pack in CULTURES:
+        kl = rng.uniform(0.1, 0.5)
+        write_stage(pack, "culture_eval", {}, [row(pack, "culture", "culture_eval", "wvs_kl", kl - 0.05,
+                                                   ci=(kl - 0.1, kl), baseline=kl, n=50, higher_is_better=False)],
+                    "sig")
+    return root
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYALIGN_ROOT", str(tmp_path))
+    return make_repo(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """make_repo plus every scorecard and the compare reports, built once for the module (rendering is slow)."""
+    root = tmp_path_factory.mktemp("built")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLYALIGN_ROOT", str(root))
+        _build(make_repo(root))
+    return root
+
+
+@pytest.fixture
+def built_repo(built, monkeypatch):
+    monkeypatch.setenv("POLYALIGN_ROOT", str(built))
+    return built
+
+
+def _build(repo: Path) -> None:
+    from stages import compare, scorecard
+
+    for pack in LANGS + CULTURES:
+        scorecard.run(pack)
+    compare.run()
+
+
+def test_scorecard_gathers_and_validates(repo):
+    from stages.scorecard import gather, pack_scorecard_path, run
+
+    run("nya")
+    rows = json.loads(pack_scorecard_path("nya").read_text())
+    assert {r["stage"] for r in rows} == {"data", "laft_eval", "mt_errors"}
+    assert rows == gather("nya")
+    assert all(set(r) - {"note"} == {"pack", "kind", "stage", "metric", "value", "ci_low", "ci_high", "baseline",
+                                     "delta", "n", "higher_is_better"} for r in rows)
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"extra_key": 1}, "[0].extra_key"),
+    ({"value": None}, "[0]"),
+    ({"kind": "languages"}, "[0].kind"),
+    ({"value": "0.5"}, "[0].value"),
+    ({"delta": 0.4}, "[0]"),
+    ({"n": -3}, "[0].n"),
+])
+def test_malformed_row_is_one_line_naming_the_file(repo, bad, field):
+    from stages.scorecard import run
+
+    good = row("glg", "language", "laft_eval", "bits_per_byte", 2.0, baseline=2.1, n=10, higher_is_better=False)
+    path = repo / "results" / "glg" / "broken.rows.json"
+    path.write_text(json.dumps([{**good, **bad}]))
+    with pytest.raises(PolyalignError) as err:
+        run("glg")
+    line = err.value.line()
+    assert "\n" not in line and str(path) in line and f": {field}:" in line
+
+
+def test_row_of_another_pack_is_refused(repo):
+    from stages.scorecard import run
+
+    path = repo / "results" / "glg" / "x.rows.json"
+    path.write_text(json.dumps([row("nya", "language", "x", "m", 1.0)]))
+    with pytest.raises(PolyalignError, match=r"\[0\]\.pack"):
+        run("glg")
+
+
+def test_compare_writes_the_three_reports(built_repo):
+    from stages.scorecard import validate_rows
+
+    out = built_repo / "reports"
+    rows = validate_rows(json.loads((out / "scorecard.json").read_text()), out / "scorecard.json")
+    assert {r["pack"] for r in rows} == set(LANGS + CULTURES)
+    comet = [r for r in rows if r["metric"].startswith("comet")]
+    assert comet and all(COMET_NOT_COMPARABLE in r["note"] and "skipped" in r["note"] for r in comet)
+    md = (out / "scorecard.md").read_text()
+    assert "| chrf++.en-xx.laft |" in md and "## culture_eval (culture)" in md
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5  # deltas, errors, scatter, one per stage
+    corr = json.loads((out / "domain_similarity.json").read_text())
+    assert {c["n"] for c in corr} == {3} and all(-1 <= c["pearson"] <= 1 for c in corr)
+
+
+def test_compare_names_the_missing_scorecard(repo):
+    from stages import compare
+
+    with pytest.raises(PolyalignError, match=r"scorecard@nya"):
+        compare.run()
+
+
+def test_compare_cli_filters(built_repo, capsys, monkeypatch):
+    from stages.compare import compare_cli
+
+    monkeypatch.setenv("COLUMNS", "200")
+    shown = compare_cli(pack="glg,nya", stage="mt_errors", metric="chrf++.en-xx")
+    assert {r["pack"] for r in shown} == {"glg", "nya"} and len(shown) == 6
+    assert len(compare_cli(metric="err.*.xx-en.base")) == 3 * (len(ERROR_TYPES) + 1)  # + err.any
+    out = capsys.readouterr().out
+    assert "chrf++.en-xx.laft" in out and "polyalign scorecard" in out
+    assert compare_cli(pack="nope") == []
+
+
+# --------------------------------------------------------------------------- headless Chromium
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def coloured_pixels(png: Path) -> float:
+    """Share of clearly coloured pixels (plots; the page's text and tables are grey-scale)."""
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    spread = img.max(axis=2) - img.min(axis=2)
+    return float((spread > 60).mean())
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_html_renders_with_plots_in_headless_chromium(built_repo, tmp_path):
+    page = built_repo / "reports" / "index.html"
+    shot = tmp_path / "shot.png"
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
+           "--hide-scrollbars", "--window-size=1400,2200", f"--screenshot={shot}", page.as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert shot.exists()
+    # measured on this report: 3.9% of the 1400x2200 screenshot is coloured with the plots; 0.0% when the
+    # same page is rendered with its <img> tags removed (text, tables and footnotes are grey-scale)
+    assert coloured_pixels(shot) > 0.01
+    if os.environ.get("POLYALIGN_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["POLYALIGN_KEEP_SCREENSHOT"])
