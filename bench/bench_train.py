@@ -66,32 +66,33 @@ def heldout_loss(model, tok, evals: list[dict]) -> float:
 
 
 def block_len(train: list[dict], steps: int) -> int:
-    """Packed block length giving the same tokens per optimizer step (batch of 8 blocks) as the Trainer's
-    8 sentences, so both runs take `steps` updates over the same tokens."""
+    """Packed block length giving one block per optimizer step with the tokens of the Trainer's 8
+    sentences, so both runs take `steps` updates over the same tokens (one cut per block, not per
+    sentence: NTREX lines are consecutive sentences of news articles, as LAFT text would be)."""
     from pipeline.models import load_tokenizer
     from pipeline.train import encode_example
 
     tok = load_tokenizer(MODEL)
     total = sum(len(encode_example(tok, ex["prompt"], ex["response"], MAX_LEN)[0]) for ex in train)
-    return math.ceil(total / (steps * BATCH))
+    return math.ceil(total / steps) + 1  # + the start token a block that begins mid-text gets
 
 
 def run_polyalign(train: list[dict], evals: list[dict], steps: int, cfg: dict) -> dict:
     from pipeline.train import load_trained, peak_rss_gb, train_causal_lm
 
     packed = all(not ex["prompt"] for ex in train)
-    max_len = block_len(train, steps) if packed else MAX_LEN
+    shape = {"batch_size": 1, "max_len": block_len(train, steps)} if packed else {"batch_size": BATCH,
+                                                                                   "max_len": MAX_LEN}
     with tempfile.TemporaryDirectory() as tmp:
-        m = train_causal_lm(MODEL, train, Path(tmp), {**LORA, "lr": LR, "batch_size": BATCH, "max_len": max_len,
-                                                       "seed": SEED, "epochs": 1, "max_steps": steps,
-                                                       "checkpoint_every": 0, **cfg})
+        m = train_causal_lm(MODEL, train, Path(tmp), {**LORA, "lr": LR, **shape, "seed": SEED, "epochs": 1,
+                                                       "max_steps": steps, "checkpoint_every": 0, **cfg})
         rss = peak_rss_gb()
         model, tok = load_trained(MODEL, Path(tmp) / "adapter")
     return {"tokens": m["train_tokens"], "steps": m["steps"], "loop_s": m["loop_s"], "loop_cpu_s": m["loop_cpu_s"],
             "tokens_per_s": m["tokens_per_s"], "output_vocab": m["output_vocab"],
             "output_vocab_coverage": m.get("output_vocab_coverage"),
             "final_loss": m["final_loss"], "peak_rss_gb": rss, "heldout_loss": heldout_loss(model, tok, evals),
-            "mixed_precision": m["mixed_precision"]}
+            "mixed_precision": m["mixed_precision"], "packed": m["packed"]}
 
 
 def run_trainer(train: list[dict], evals: list[dict], steps: int, cfg: dict) -> dict:
