@@ -66,15 +66,14 @@ def heldout_loss(model, tok, evals: list[dict]) -> float:
 
 
 def block_len(train: list[dict], steps: int) -> int:
-    """Packed block length giving one block per optimizer step with the tokens of the Trainer's 8
-    sentences, so both runs take `steps` updates over the same tokens (one cut per block, not per
-    sentence: NTREX lines are consecutive sentences of news articles, as LAFT text would be)."""
+    """Packed row length for one row per optimizer step holding about the Trainer's 8 sentences
+    (10% slack for the greedy fill), so both runs make ~`steps` updates over the same examples."""
     from pipeline.models import load_tokenizer
     from pipeline.train import encode_example
 
     tok = load_tokenizer(MODEL)
     total = sum(len(encode_example(tok, ex["prompt"], ex["response"], MAX_LEN)[0]) for ex in train)
-    return math.ceil(total / steps) + 1  # + the start token a block that begins mid-text gets
+    return math.ceil(1.1 * total / steps)
 
 
 def run_polyalign(train: list[dict], evals: list[dict], steps: int, cfg: dict) -> dict:
@@ -85,7 +84,8 @@ def run_polyalign(train: list[dict], evals: list[dict], steps: int, cfg: dict) -
                                                                                    "max_len": MAX_LEN}
     with tempfile.TemporaryDirectory() as tmp:
         m = train_causal_lm(MODEL, train, Path(tmp), {**LORA, "lr": LR, **shape, "seed": SEED, "epochs": 1,
-                                                       "max_steps": steps, "checkpoint_every": 0, **cfg})
+                                                       "max_steps": 0 if packed else steps, "checkpoint_every": 0,
+                                                       **cfg})
         rss = peak_rss_gb()
         model, tok = load_trained(MODEL, Path(tmp) / "adapter")
     return {"tokens": m["train_tokens"], "steps": m["steps"], "loop_s": m["loop_s"], "loop_cpu_s": m["loop_cpu_s"],

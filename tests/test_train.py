@@ -276,15 +276,36 @@ def test_resume_matches_uninterrupted_training(tmp_path, monkeypatch, vocab, tok
     assert (resumed["output_vocab"] < len(tok)) == (vocab == "data")
 
 
-def test_plain_lm_examples_are_packed(tmp_path, tok):
+def test_plain_lm_examples_are_packed_whole_and_long_ones_split(tmp_path, tok):
     ex = [{"prompt": "", "response": f"line {i} of some monolingual text"} for i in range(30)]
+    ex.append({"prompt": "", "response": "a very long line " * 20})
     s = T.settings({**FAST, "max_len": 32})
     units, counts = T.causal_units(tok, ex, s)
-    assert counts["packed"] and all(len(u[0]) == 32 and u[0][0] == tok.bos_token_id for u in units[:-1])
+    assert counts["packed"] and len(units) > len(ex) and all(len(u[0]) <= 32 and u[0][0] == tok.bos_token_id for u in units)
     labelled = sum(sum(1 for t in u[1] if t != T.IGNORE) for u in units)
     assert labelled == sum(len(T.encode_example(tok, "", e["response"], 10**6)[0]) - 1 for e in ex)
+    bins = T.fill_bins(list(range(len(units))), [len(u[0]) for u in units], 32)
+    assert sorted(i for b in bins for i in b) == list(range(len(units)))
+    assert all(sum(len(units[i][0]) for i in b) <= 32 for b in bins)
     m = T.train_causal_lm(TINY, ex, tmp_path / "lm", {**FAST, "max_len": 32, "batch_size": 2, "max_steps": 2})
-    assert m["packed"] and m["train_tokens"] == 4 * 32
+    assert m["packed"] and 0 < m["train_tokens"] <= 2 * 2 * 32
+
+
+def test_packed_row_loss_equals_separate_examples(tok):
+    """Block-diagonal attention: packing three examples changes no example's loss."""
+    from pipeline.models import load_model
+
+    model, _ = load_model(TINY, dtype=torch.float64)
+    units = [T.encode_example(tok, "", text, 64) for text in ("Muli bwanji?", "the house is red", "Namaste")]
+    loss = T.CausalLMLoss(model, chunk=8)
+    with torch.no_grad():
+        b = T.collate_packed([units], tok.pad_token_id)
+        packed, n = loss(b["input_ids"], b["labels"], b["position_ids"])
+        alone = [loss(*[t[None] for t in map(torch.tensor, u)]) for u in units]
+    total = sum(l * k for l, k in alone)
+    assert n.item() == sum(k.item() for _, k in alone)
+    assert (packed * n).item() == pytest.approx(total.item(), rel=1e-9)
+    assert b["position_ids"][0].tolist()[:len(units[0][0]) + 1] == list(range(len(units[0][0]))) + [0]
 
 
 def test_load_trained_merges_lora_into_the_same_function(tmp_path, tok):
