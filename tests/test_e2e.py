@@ -30,7 +30,7 @@ def _smoke_params(repo: Path) -> None:
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     dvc = Path(sys.executable).parent / "dvc"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run([str(dvc), *args], cwd=repo, capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run([str(dvc), *args], cwd=repo, capture_output=True, text=True, env=env, timeout=3000)
 
 
 @pytest.fixture(scope="module")
