@@ -85,7 +85,7 @@ def run_polyalign(train: list[dict], evals: list[dict], steps: int, cfg: dict) -
     with tempfile.TemporaryDirectory() as tmp:
         m = train_causal_lm(MODEL, train, Path(tmp), {**LORA, "lr": LR, **shape, "seed": SEED, "epochs": 1,
                                                        "max_steps": 0 if packed else steps, "checkpoint_every": 0,
-                                                       **cfg})
+                                                       "resume": False, "grad_accum": 1, **cfg})
         rss = peak_rss_gb()
         model, tok = load_trained(MODEL, Path(tmp) / "adapter")
     return {"tokens": m["train_tokens"], "steps": m["steps"], "loop_s": m["loop_s"], "loop_cpu_s": m["loop_cpu_s"],

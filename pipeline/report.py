@@ -62,3 +62,18 @@ def write_stage(pack: str, stage: str, metrics: dict, rows: list[dict], signatur
     metrics_path, rows_path = stage_paths(pack, stage)
     io.write_json(rows_path, rows)
     io.write_json(metrics_path, flat_metrics(metrics, signature))
+
+
+LID_MIN_ACCURACY = 0.95  # DESIGN.md contract: a language identifier under this gets a note
+
+
+def lid_note(pack_id: str) -> str | None:
+    """Note for language-fidelity / off-target rows when data@<pack> measured the identifier
+    below LID_MIN_ACCURACY on held-out text (or has not measured it); None when it is sound."""
+    path = results_dir(pack_id) / "data.json"
+    acc = io.read_json(path).get("lid_accuracy") if path.exists() else None
+    if acc is None:
+        return "language identifier accuracy not measured (run data@<lang>): language rates unverified"
+    if acc < LID_MIN_ACCURACY:
+        return f"language identifier reaches only {acc:.2f} accuracy on held-out {pack_id}: language rates unreliable"
+    return None

@@ -237,9 +237,6 @@ def run(pack_id: str) -> None:
         v, lo, hi = bootstrap_ci(real_ref)
         rows.append(row(pack_id, "culture", STAGE, "real_jsd_to_ref", v, ci=(lo, hi), n=len(real_ref),
                         higher_is_better=True, note=f"real answers of {pack_id} vs {ref_id} (reference gap)"))
-    # the answers themselves, for reading; under results/ since culture_sft_all depends on data/
-    io.write_json(results_dir(pack_id) / "culture_eval.answers.json",
-                  {s: {k: v for k, v in sc.items() if k.startswith("blend_answers")} for s, sc in scores.items()})
     metrics = {**flat_metrics(scores), "heldout_items": len(items), "blend_questions": len(questions),
                "real_jsd_to_ref": float(np.mean(real_ref)) if real_ref else None,
                "wall_s": round(time.time() - t0, 1)}
@@ -248,6 +245,10 @@ def run(pack_id: str) -> None:
                     targets=sha256_file(targets_path(pack_id))[:12],
                     **{s: sha256_file(p / "adapter_model.safetensors")[:12] for s in ("culture", "all")
                        if (p := adapter_dir(s, pack_id)) and (p / "adapter_model.safetensors").exists()})
+    # the answers themselves, for reading; under results/ since culture_sft_all depends on data/
+    io.write_json(results_dir(pack_id) / "culture_eval.answers.json",
+                  {"signature": sig, **{s: {k: v for k, v in sc.items() if k.startswith("blend_answers")}
+                                        for s, sc in scores.items()}})
     write_stage(pack_id, STAGE, metrics, rows, sig)
 
 

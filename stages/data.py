@@ -17,12 +17,11 @@ from pipeline.errors import PolyalignError
 from pipeline.packs import LanguagePack, load_language
 from pipeline.paths import data_dir
 from pipeline.provenance import signature
-from pipeline.report import row, write_stage
+from pipeline.report import LID_MIN_ACCURACY, row, write_stage
 from pipeline.sources import read, resolve, sha256_path
 from pipeline.stats import bootstrap_ci
 from pipeline.text import identify, normalise, split_documents
 
-LID_MIN_ACCURACY = 0.95  # DESIGN.md contract
 
 
 def parallel_rows(pack: LanguagePack, origin: str) -> list[dict]:

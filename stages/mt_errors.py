@@ -31,7 +31,7 @@ from pipeline.mt_eval import (COMET_NOT_COMPARABLE, ERROR_DOC, ERROR_TYPES, HIGH
 from pipeline.packs import LanguagePack, Translator as TranslatorSpec, load_language
 from pipeline.paths import data_dir, repo_root, results_dir
 from pipeline.provenance import sha256_file, sha256_text, signature
-from pipeline.report import row, write_stage
+from pipeline.report import lid_note, row, write_stage
 from pipeline.stats import bootstrap_ci
 from pipeline.translate import (BACKWARD, FORWARD, MIN_LID_LETTERS, LlmIcl, Translator, backend_for,
                                 default_lang_check, letters)
@@ -41,7 +41,6 @@ DIRS = {"en-xx": FORWARD, "xx-en": BACKWARD}
 ADAPTERS = {"taco": "taco_sft", "laft": "laft"}  # system name -> the stage whose adapter it is
 N_EXAMPLES = 3
 HUMAN = "human"  # the reference translation run through the error detectors (their false-positive floor)
-LID_MIN_ACCURACY = 0.95  # DESIGN.md contract (same as data@<lang>)
 
 
 # --------------------------------------------------------------------------- systems
@@ -181,7 +180,7 @@ def score_rows(pack: str, d: str, result: dict, reference: str, n: int) -> list[
     return out
 
 
-def error_rows(pack: str, d: str, result: dict, lid_note: str | None) -> list[dict]:
+def error_rows(pack: str, d: str, result: dict, lid: str | None) -> list[dict]:
     """Primary-error shares (each sentence counted once), with bootstrap CIs over sentences."""
     out = []
     for name, res in result.items():
@@ -189,7 +188,7 @@ def error_rows(pack: str, d: str, result: dict, lid_note: str | None) -> list[di
         for kind in (*ERROR_TYPES, "any"):
             hits = [p != "ok" if kind == "any" else p == kind for p in primary]
             value, lo, hi = bootstrap_ci(hits)
-            note = lid_note if kind in ("off_target", "any") else None
+            note = lid if kind in ("off_target", "any") else None
             if name == HUMAN and kind == "any":
                 note = "the human reference through the same detectors: the floor under every system's shares"
             if kind == "off_target" and res["lid_known"] == 0:
@@ -259,17 +258,6 @@ def read_corpus(spec: str) -> list[str] | None:
     return [str(r[k]) for r in io.read_jsonl(full) for k in keys if r.get(k)]
 
 
-def lid_soundness_note(pack_id: str) -> str | None:
-    """The data@<lang> LID accuracy, when it is under the contract's 0.95."""
-    path = results_dir(pack_id) / "data.json"
-    acc = io.read_json(path).get("lid_accuracy") if path.exists() else None
-    if acc is None:
-        return "language identifier accuracy not measured (run data@<lang>): off-target rates unverified"
-    if acc < LID_MIN_ACCURACY:
-        return f"language identifier reaches only {acc:.2f} accuracy on held-out {pack_id}: off-target rates unreliable"
-    return None
-
-
 # --------------------------------------------------------------------------- writing
 def write_texts(pack_id: str, d: str, src: list[str], ref: list[str], hyps: dict[str, list[str]]) -> None:
     def text(lines):
@@ -335,7 +323,7 @@ def evaluate(pack: LanguagePack, cfg: dict, rows: list[dict], backends: dict, re
     test split's target side): JSD depends on sample size, so it must not shrink with
     `max_sentences`.
     """
-    lid_note = lid_soundness_note(pack.id)
+    lid = lid_note(pack.id)
     thresholds = THRESHOLDS | (cfg.get("thresholds") or {})
     report = {"metrics": {}, "rows": [], "details": {}, "tsv": [TSV_HEADER], "texts": {}}
     for d, direction in DIRS.items():
@@ -349,7 +337,7 @@ def evaluate(pack: LanguagePack, cfg: dict, rows: list[dict], backends: dict, re
         c_rows, comet = comet_rows(pack, d, src, ref, hyps, reference, cfg)
         report["rows"] += score_rows(pack.id, d, result, reference, len(rows)) + c_rows
         # the pack's identifier judges en-xx outputs; English (xx-en) is identified well by every identifier
-        report["rows"] += error_rows(pack.id, d, result, lid_note if d == "en-xx" else None)
+        report["rows"] += error_rows(pack.id, d, result, lid if d == "en-xx" else None)
         report["metrics"] |= flat(d, result, comet)
         outputs = {**hyps, HUMAN: ref}
         report["details"][d] = {name: {"scores": res.get("scores"), "rates": res["rates"], "comet": comet.get(name),
@@ -378,11 +366,11 @@ def run(pack_id: str) -> None:
                "n_sentences": len(rows), **report["details"]}
     for d, (src, ref, hyps) in report["texts"].items():
         write_texts(pack_id, d, src, ref, hyps)
-    io.write_json(results_dir(pack_id) / f"{STAGE}.details.json", details)
-    io.write_text(results_dir(pack_id) / f"{STAGE}.sentences.tsv", "\n".join(report["tsv"]) + "\n")
     sig = signature(stage=STAGE, pack=pack_id, cfg=cfg, systems=systems, reference=reference,
                     test=sha256_file(data_dir(pack_id) / "test.jsonl")[:12],
                     sacrebleu_chrf=report["details"]["en-xx"][reference]["scores"]["chrf++"]["signature"])
+    io.write_json(results_dir(pack_id) / f"{STAGE}.details.json", {"signature": sig, **details})
+    io.write_text(results_dir(pack_id) / f"{STAGE}.sentences.tsv", "\n".join(report["tsv"]) + "\n")
     metrics = {"n_sentences": len(rows), "systems": len(backends), **report["metrics"]}
     write_stage(pack_id, STAGE, metrics, report["rows"], sig)
 

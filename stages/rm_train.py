@@ -6,7 +6,7 @@ user message, train a reward model on the train split, and measure its held-out 
 against a length-only baseline. Reads no language pack, so editing languages/*.yaml never
 retrains it.
 
-Writes models/rm/<source>/{adapter,curve.tsv,heldout.json}, data/_shared/rm/<source>/
+Writes models/rm/<source>/{adapter,curve.tsv,heldout_scores.jsonl}, data/_shared/rm/<source>/
 {train,dev,test}.jsonl and results/_shared/rm_train.{json,rows.json}.
 """
 
@@ -147,6 +147,9 @@ def run() -> None:
     base = base_model(cfg)
     if not cfg.get("sources"):
         raise PolyalignError(params_path(), "rm_train.sources", "no preference source", "add one (see README)")
+    if not {"train", "test"} <= set(cfg["split"]):
+        raise PolyalignError(params_path(), "rm_train.split", f"needs 'train' and 'test' parts, got {sorted(cfg['split'])}",
+                             "e.g. {train: 0.8, dev: 0.1, test: 0.1}")
     metrics, rows, hashes = {}, [], {}
     with io.atomic_path(rm_dir()) as models_tmp, io.atomic_path(splits_dir()) as splits_tmp:
         for name, src in cfg["sources"].items():

@@ -27,12 +27,11 @@ from pipeline.errors import PolyalignError
 from pipeline.packs import LanguagePack, load_language
 from pipeline.paths import data_dir, repo_root, results_dir
 from pipeline.provenance import signature, sha256_text
-from pipeline.report import row, write_stage
+from pipeline.report import lid_note, row, write_stage
 from pipeline.stats import bootstrap_ci, paired_delta_ci
 from stages.rm_train import base_model, load_reward_model, rm_dir, scorer, splits_dir
 
 STAGE = "rm_transfer"
-LID_MIN_ACCURACY = 0.95  # DESIGN.md contract (as in data@<lang>)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -51,17 +50,6 @@ def translated(translator, pairs: list[dict]) -> tuple[list[dict], int]:
     return rm.translate_pairs(pairs, forward)
 
 
-def lid_note(pack_id: str) -> str | None:
-    """A note for language-fidelity rows when data@<lang> measured the identifier below 0.95."""
-    path = results_dir(pack_id) / "data.json"
-    acc = io.read_json(path).get("lid_accuracy") if path.exists() else None
-    if acc is None:
-        return "language identifier accuracy not measured (data@<lang> has not run)"
-    if acc < LID_MIN_ACCURACY:
-        return f"language identifier is only {acc:.2f} accurate on held-out text: fidelity unreliable"
-    return None
-
-
 # --------------------------------------------------------------------------- policy samples
 def policy_dir(pack_id: str) -> Path:
     return repo_root() / "models" / pack_id / "taco_sft" / "taco" / "adapter"
@@ -69,23 +57,25 @@ def policy_dir(pack_id: str) -> Path:
 
 def policy_prompts(pack: LanguagePack, instructions: list[str], use_taco: bool) -> list[str]:
     """Prompts in the policy's own training format (TaCo template, or the plain instruct one)."""
-    template = pack.templates["taco" if use_taco else "instruct"].text
-    return [template.format(instruction=text, tgt_name=pack.name) for text in instructions]
+    from stages.taco_data import render, templates_of
+
+    template = templates_of(pack)["taco" if use_taco else "instruct"]
+    return [render(template, instruction=text, tgt_name=pack.name) for text in instructions]
 
 
 def final_answer(text: str, pack: LanguagePack, use_taco: bool) -> tuple[str, bool]:
     """(the target-language answer inside a sample, whether the sample was complete).
 
-    TaCo: the text after its "Response in <lang>:" marker; a chain cut off by max_new_tokens
-    before the marker is kept whole (so fidelity shows it) and counted as incomplete. Both
+    TaCo: taco_eval's parser (the part after the template's last label; a chain cut off by
+    max_new_tokens is kept whole, so fidelity shows it, and counted as incomplete). Both
     policies: cut where the model starts a new "Instruction" on its own.
     """
-    complete = True
-    if use_taco:
-        marker = f"Response in {pack.name}:"
-        complete = marker in text
-        text = text.split(marker, 1)[1] if complete else text
-    return text.split("\nInstruction", 1)[0].strip(), complete
+    from stages.taco_eval import cut_runaway, markers, parse_taco
+
+    if not use_taco:
+        return cut_runaway(text), True
+    parsed = parse_taco(text, markers(pack))
+    return parsed["answer"], parsed["format_ok"]
 
 
 def sample_answers(pack: LanguagePack, base: str, instructions: list[str], cfg: dict) -> dict:

@@ -31,7 +31,7 @@ from pipeline.config import section
 from pipeline.packs import LanguagePack, Template, load_language
 from pipeline.paths import data_dir, results_dir
 from pipeline.provenance import sha256_file, signature
-from pipeline.report import row, write_stage
+from pipeline.report import lid_note, row, write_stage
 from pipeline.sources import read
 from pipeline.stats import bootstrap_ci, paired_delta_ci
 from stages.taco_data import chrf, render, templates_of
@@ -203,17 +203,6 @@ def run_system(name: str, base: str, pack: LanguagePack, items: list[dict], prom
     verdict = dict(zip(nonempty, is_lang([answers[i] for i in nonempty], pack))) if nonempty else {}
     in_lang = [verdict.get(i, False) for i in range(len(answers))]
     return outputs, parsed, in_lang, time.time() - start
-
-
-def lid_note(pack_id: str) -> str | None:
-    """The data stage's verdict on the language identifier (DESIGN.md: >= 0.95 or a note)."""
-    path = results_dir(pack_id) / "data.json"
-    if not path.exists():
-        return None
-    data = io.read_json(path)
-    if data.get("lid_sound", 1):
-        return None
-    return f"language identifier accuracy {data.get('lid_accuracy', float('nan')):.2f} < 0.95 on held-out text"
 
 
 def rows_for(pack_id: str, scores: dict[str, dict], reasons: dict[str, str], source: str, judge_on: bool,

@@ -39,3 +39,14 @@ def repo_copy(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("POLYALIGN_ROOT", str(dest))
     monkeypatch.chdir(dest)
     return dest
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP barriers crawl on a busy 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

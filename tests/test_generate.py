@@ -15,12 +15,7 @@ PROMPTS = ["Translate to Galician: the house\n", "Hello", "A much longer prompt 
            "Nepal", "Q: what is two plus two?\nA:"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -190,6 +190,16 @@ def test_last_human():
     assert rm.last_human([["Human", "a"], ["Assistant", "b"], ["Human", "c"]]) == "c"
 
 
+def test_bad_source_spec_is_one_line_error_naming_the_field():
+    from pipeline.errors import PolyalignError
+    from stages.rm_train import source_spec
+
+    with pytest.raises(PolyalignError) as err:
+        source_spec("en", {"data": {"format": "jsonl.gz", "spec": {"kind": "github", "repo": "a/b",
+                                                                   "commit": "xyz", "path": "p", "sha256": "0" * 64}}})
+    assert "rm_train.sources.en.data.spec.commit" in err.value.line() and "\n" not in err.value.line()
+
+
 def test_final_answer_takes_taco_target_part():
     from pipeline.packs import load_language
     from stages.rm_transfer import final_answer

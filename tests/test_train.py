@@ -16,13 +16,7 @@ TINY = "tiny-random"
 FAST = {"batch_size": 4, "max_len": 64, "progress": False, "checkpoint_every": 0, "lr": 1e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and OpenMP barriers crawl on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
