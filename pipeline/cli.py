@@ -102,8 +102,7 @@ def packs_new(tag: str = typer.Argument(..., help="BCP-47 tag or ISO 639-3 code,
 def packs_new_culture(country: str = typer.Argument(..., help="ISO 3166-1 alpha-2 code, e.g. de"),
                       force: bool = typer.Option(False, help="overwrite an existing pack")) -> None:
     """Scaffold cultures/<cc>.yaml from the World Values Survey data and enable it."""
-    from pipeline.culture import culture_pack
-    from pipeline.scaffold import write_pack
+    from pipeline.scaffold import culture_pack, write_pack
 
     try:
         path = write_pack("cultures", country.lower(), culture_pack(country), force=force)

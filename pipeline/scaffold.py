@@ -109,6 +109,76 @@ def language_pack(pack_id: str, tag: str) -> dict:
     }
 
 
+CULTURELLM = {"repo": "Scarelette/CultureLLM", "commit": "dcdb64d7289a8ee88c7e718fb5e8641bf97c441e"}
+BLEND = {"repo": "nlee0212/BLEnD", "commit": "24e7d732c082c224b3bc9c7dc3b884fe83fb8cc8"}
+BLEND_ALIASES = {"GB": ["UK"]}  # BLEnD's own file names where they differ from ISO's names
+
+
+def _pinned_files(pin: dict, pattern: str) -> list[Path]:
+    """Files of a pinned GitHub repository present in the mirror or the cache, matching `pattern`."""
+    from pipeline.paths import cache_dir, mirror_dir
+
+    roots = [cache_dir() / "github" / pin["repo"] / pin["commit"]]
+    if mirror_dir():
+        roots.insert(0, mirror_dir() / "github" / pin["repo"])
+    return [p for root in roots if root.exists() for p in sorted(root.glob(pattern))]
+
+
+def _github_spec(pin: dict, root_rel: str, path: Path, fmt: str) -> dict:
+    from pipeline.sources import sha256_path
+
+    return {"format": fmt, "spec": {"kind": "github", **pin, "path": root_rel, "sha256": sha256_path(path)}}
+
+
+def _rel(pin: dict, path: Path) -> str:
+    parts = path.as_posix().split(f"/{pin['repo']}/", 1)[1].split("/")
+    return "/".join(parts[1:] if parts[0] == pin["commit"] else parts)
+
+
+def culture_pack(country: str) -> dict:
+    """A culture pack for an ISO 3166 country: its World Values Survey answers from CultureLLM's
+    extract and, where the country is among BLEnD's, BLEnD's questions, answers and prompts.
+
+    Files are found in the mirror or the cache (the pinned commits' trees), hashed, and pinned."""
+    cc = country.upper()
+    origin = f"cultures/{country.lower()}.yaml"
+    found = pycountry.countries.get(alpha_2=cc) if len(cc) == 2 else None
+    if found is None:
+        raise PolyalignError(origin, "country", f"'{country}' is not an ISO 3166-1 alpha-2 code",
+                             "use a two-letter code such as 'de' or 'kr'")
+    name = getattr(found, "common_name", found.name)
+    names = {name, found.name, getattr(found, "official_name", found.name), cc, *BLEND_ALIASES.get(cc, [])}
+    answers = [p for p in _pinned_files(CULTURELLM, "data/*/*.csv") if p.stem in names]
+    if not answers:
+        have = sorted(p.stem for p in _pinned_files(CULTURELLM, "data/*/*.csv"))
+        raise PolyalignError(origin, "survey.answers", f"no World Values Survey extract for {name} in CultureLLM's data "
+                             f"(available: {', '.join(have) or 'none; set POLYALIGN_MIRROR'})",
+                             "write survey.answers by hand (format wvs-csv) or pick an available country")
+    language = langcodes.Language.get(f"und-{cc}").maximize()
+    local = language.language if language.language != "en" else f"en-{cc}"
+    pack = {"include": "_common.yaml", "id": cc.lower(), "country": cc, "name": name, "languages": [local],
+            "survey": {"answers": _github_spec(CULTURELLM, _rel(CULTURELLM, answers[0]), answers[0], "wvs-csv")},
+            "blend": None}
+    blend_names = {n.replace(" ", "_") for n in names}
+    questions = [p for p in _pinned_files(BLEND, "data/questions/*_questions.csv")
+                 if p.name.removesuffix("_questions.csv") in blend_names]
+    licence = "World Values Survey wave 7 (via CultureLLM): free for non-commercial research with citation (Haerpfer et al., 2022)."
+    if questions:
+        stem = questions[0].name.removesuffix("_questions.csv")
+        blend = {}
+        for role, pattern, fmt in (("questions", f"data/questions/{stem}_questions.csv", "csv"),
+                                   ("annotations", f"data/annotations/{stem}_data.json", "json"),
+                                   ("prompts", f"data/prompts/{stem}_prompts.csv", "csv")):
+            hits = _pinned_files(BLEND, pattern)
+            if hits:
+                blend[role] = _github_spec(BLEND, pattern, hits[0], fmt)
+        if {"questions", "annotations"} <= set(blend):
+            pack["blend"] = {**blend, "local_language": local}
+            licence += " BLEnD (nlee0212/BLEnD): CC BY-SA 4.0 per its dataset card."
+    pack["licence_notes"] = licence
+    return pack
+
+
 def register(kind: str, pack_id: str, params: Path | None = None) -> None:
     """Append `pack_id` to the `<kind>:` and `packs:` flow lists of params.yaml, keeping comments."""
     params = params or repo_root() / "params.yaml"
@@ -129,7 +199,8 @@ def write_pack(kind: str, pack_id: str, data: dict, *, force: bool = False) -> P
     path = pack_path(kind, pack_id)
     if path.exists() and not force:
         raise PolyalignError(path, "(file)", "pack already exists", "edit it, or pass --force")
-    header = f"# {kind[:-1]} pack scaffolded by `polyalign packs new`; review the fields before enabling it\n"
+    command = "new" if kind == "languages" else "new-culture"
+    header = f"# {kind[:-1]} pack scaffolded by `polyalign packs {command}`; review the fields before enabling it\n"
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110), encoding="utf-8")
     try:
         load_file(path, kind)

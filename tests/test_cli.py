@@ -35,6 +35,26 @@ def test_packs_new_unknown_language_fails_cleanly(repo_copy):
     assert sorted(p.name for p in (repo_copy / "languages").iterdir()) == before
 
 
+def test_packs_new_culture_rebuilds_the_hand_checked_pack(repo_copy):
+    from pipeline.packs import load_culture
+
+    by_hand = load_culture("kr")
+    (repo_copy / "cultures" / "kr.yaml").unlink()
+    result = runner.invoke(app, ["packs", "new-culture", "kr"])
+    assert result.exit_code == 0, result.output
+    scaffolded = load_culture("kr")
+    assert scaffolded.model_dump() == by_hand.model_dump()  # same files, same sha256, same BLEnD sets
+
+
+def test_packs_new_culture_without_survey_data_fails_cleanly(repo_copy):
+    before = sorted(p.name for p in (repo_copy / "cultures").iterdir())
+    result = runner.invoke(app, ["packs", "new-culture", "fr"])
+    assert result.exit_code == 2 and "survey.answers" in result.output and "Germany" in result.output
+    assert runner.invoke(app, ["packs", "new-culture", "zz"]).exit_code == 2
+    assert sorted(p.name for p in (repo_copy / "cultures").iterdir()) == before
+    assert "fr" not in yaml.safe_load((repo_copy / "params.yaml").read_text())["cultures"]
+
+
 def test_validate_catches_unregistered_pack_list(repo_copy):
     params = repo_copy / "params.yaml"
     params.write_text(params.read_text().replace("packs: [nya, npi, glg, gr, mx, kr]", "packs: [nya]"))
