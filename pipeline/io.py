@@ -11,14 +11,28 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 
+def is_writer() -> bool:
+    """Whether this process writes outputs: always, except on the non-zero ranks of a
+    multi-process `accelerate launch` (train.launch), whose writes are discarded."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it into place only on success.
 
     Works for files and directories: whatever the caller creates at the yielded path
     replaces `path` in one rename, so DVC or the next stage never sees partial output.
+    On a non-writing rank (see is_writer) the yielded path is a private scratch copy.
     """
     path = Path(path)
+    if not is_writer():
+        scratch = Path(tempfile.mkdtemp(prefix="polyalign-rank-"))
+        try:
+            yield scratch / path.name
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
