@@ -225,11 +225,8 @@ def flat(prefix: str, stats: tuple) -> dict:
 
 
 # --------------------------------------------------------------------------- run
-def translated_sets(pack: LanguagePack, primary: str, cfg: dict) -> dict:
+def translated_sets(translator, primary: str, cfg: dict) -> dict:
     """Held-out and translate-train pairs, in English and translated (failed ones dropped, counted)."""
-    from pipeline.translate import Translator
-
-    translator = Translator(pack)
     eval_en = source_split(primary, "test")[: cfg["eval_pairs"]]
     eval_l, eval_dropped = translated(translator, eval_en)
     kept = {p["id"] for p in eval_l}
@@ -238,12 +235,27 @@ def translated_sets(pack: LanguagePack, primary: str, cfg: dict) -> dict:
             "dropped": (eval_dropped, tt_dropped), "translator": translator.system}
 
 
-def unmeasurable(pack_id: str, sets: dict) -> list[dict]:
-    """Rows with value None when translation left nothing to measure (never made-up numbers)."""
-    note = (f"translator {sets['translator']} failed on every pair ({sets['dropped'][0]} held-out, "
-            f"{sets['dropped'][1]} train pairs dropped as empty or wrong-language)")
+def unmeasurable(pack_id: str, note: str) -> list[dict]:
+    """Rows with value None when there is nothing sound to measure (never made-up numbers)."""
     return [row(pack_id, "language", STAGE, metric, None, note=note) for metric in
             ("zero_shot_accuracy", "translate_train_accuracy", "wrong_language_preference", "bon_reward_gain")]
+
+
+def translator_gate(pack_id: str, translator: str) -> str | None:
+    """Why not to translate pairs with this translator, measured by taco_data@<lang>; None to go on.
+
+    When TaCo's round-trip quality gate rejected the very translator this stage would use,
+    translated preference pairs would measure the translator, not the reward model (and cost
+    the most CPU time of the graph). `rm_transfer.translator_gate: off` translates anyway."""
+    path = data_dir(pack_id) / "taco_meta.json"
+    meta = io.read_json(path) if path.exists() else {}
+    if meta.get("usable", True) or meta.get("translator") != translator:
+        return None
+    counts = meta.get("counts", {})
+    return (f"not measured: translator {translator} failed taco_data's quality gate on {meta.get('translated_items')} "
+            f"items (round-trip chrF {meta.get('round_trip_chrf_mean')} vs gate {meta.get('threshold')}; "
+            f"{counts.get('forward_wrong_language', 0)} outputs in the wrong language), so translated pairs would "
+            "measure the translator, not the reward model; set rm_transfer.translator_gate: off to translate anyway")
 
 
 def write_artifacts(pack_id: str, sets: dict, bon_pairs: list[dict], samples, measures: dict, primary: str,
@@ -265,12 +277,22 @@ def run(pack_id: str) -> None:
     pack, cfg, train_cfg = load_language(pack_id), section(STAGE), section("rm_train")
     seed_everything(cfg["seed"])
     base, names = base_model(train_cfg), list(train_cfg["sources"])
-    sets = translated_sets(pack, names[0], cfg)
+    from pipeline.translate import Translator
+
+    translator = Translator(pack)
+    gate = translator_gate(pack_id, translator.system) if cfg.get("translator_gate", "taco") == "taco" else None
+    if gate:
+        sig = signature(stage=STAGE, pack=pack_id, model=base, cfg=cfg, translator=translator.system, gate="taco")
+        write_stage(pack_id, STAGE, {"eval_pairs": 0, "tt_pairs": 0}, unmeasurable(pack_id, gate), sig)
+        return
+    sets = translated_sets(translator, names[0], cfg)
     sig = signature(stage=STAGE, pack=pack_id, model=base, cfg=cfg, rm_train=train_cfg, translator=sets["translator"],
                     template=rm.RM_TEMPLATE_ID, eval_sha=sha256_text("\n".join(p["id"] for p in sets["eval_l"]))[:12])
     if not sets["eval_l"] or not sets["tt_l"]:
+        note = (f"translator {sets['translator']} failed on every pair ({sets['dropped'][0]} held-out, "
+                f"{sets['dropped'][1]} train pairs dropped as empty or wrong-language)")
         write_stage(pack_id, STAGE, {"eval_pairs": len(sets["eval_l"]), "tt_pairs": len(sets["tt_l"])},
-                    unmeasurable(pack_id, sets), sig)
+                    unmeasurable(pack_id, note), sig)
         return
     bon_pairs = sets["eval_l"][: cfg["bon"]["prompts"]]
     policy = sample_answers(pack, base, [rm.last_human(p["turns"]) for p in bon_pairs], cfg["bon"]) \

@@ -262,3 +262,18 @@ def test_rm_train_then_transfer_write_models_and_rows(rm_repo):
     assert len(samples) == rows["bon_reward_gain"]["n"] and all(len(s["samples"]) == 2 for s in samples)
     metrics = pio.read_json(rm_repo / "results" / "glg" / "rm_transfer.json")
     assert metrics["eval_pairs"] + metrics["eval_dropped"] == 6
+
+
+def test_translator_gate_follows_taco_datas_measurement(repo_copy):
+    from pipeline import io
+    from stages.rm_transfer import translator_gate
+
+    meta = repo_copy / "data" / "nya" / "taco_meta.json"
+    assert translator_gate("nya", "llm-icl:x") is None  # not measured yet: go on
+    io.write_json(meta, {"usable": False, "translator": "llm-icl:x", "translated_items": 24, "threshold": 40.0,
+                         "round_trip_chrf_mean": 15.0, "counts": {"forward_wrong_language": 14}})
+    note = translator_gate("nya", "llm-icl:x")
+    assert note.startswith("not measured") and "15.0" in note and "14 outputs in the wrong language" in note
+    assert translator_gate("nya", "apertium:en-ny") is None  # another translator was not judged
+    io.write_json(meta, {"usable": True, "translator": "llm-icl:x"})
+    assert translator_gate("nya", "llm-icl:x") is None
