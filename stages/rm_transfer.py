@@ -235,10 +235,16 @@ def translated_sets(translator, primary: str, cfg: dict) -> dict:
             "dropped": (eval_dropped, tt_dropped), "translator": translator.system}
 
 
-def unmeasurable(pack_id: str, note: str) -> list[dict]:
-    """Rows with value None when there is nothing sound to measure (never made-up numbers)."""
-    return [row(pack_id, "language", STAGE, metric, None, note=note) for metric in
+def write_unmeasurable(pack_id: str, metrics: dict, note: str, sig: str) -> None:
+    """Rows with value None when there is nothing sound to measure (never made-up numbers); the
+    stage's folders hold a status.json with the reason, so DVC still finds its outputs."""
+    for folder in (repo_root() / "models" / pack_id / "rm_tt", data_dir(pack_id) / STAGE):
+        with io.atomic_path(folder) as tmp:
+            tmp.mkdir()
+            io.write_json(tmp / "status.json", {"measured": False, "reason": note})
+    rows = [row(pack_id, "language", STAGE, metric, None, note=note) for metric in
             ("zero_shot_accuracy", "translate_train_accuracy", "wrong_language_preference", "bon_reward_gain")]
+    write_stage(pack_id, STAGE, metrics, rows, sig)
 
 
 def translator_gate(pack_id: str, translator: str) -> str | None:
@@ -283,7 +289,7 @@ def run(pack_id: str) -> None:
     gate = translator_gate(pack_id, translator.system) if cfg.get("translator_gate", "taco") == "taco" else None
     if gate:
         sig = signature(stage=STAGE, pack=pack_id, model=base, cfg=cfg, translator=translator.system, gate="taco")
-        write_stage(pack_id, STAGE, {"eval_pairs": 0, "tt_pairs": 0}, unmeasurable(pack_id, gate), sig)
+        write_unmeasurable(pack_id, {"eval_pairs": 0, "tt_pairs": 0}, gate, sig)
         return
     sets = translated_sets(translator, names[0], cfg)
     sig = signature(stage=STAGE, pack=pack_id, model=base, cfg=cfg, rm_train=train_cfg, translator=sets["translator"],
@@ -291,8 +297,7 @@ def run(pack_id: str) -> None:
     if not sets["eval_l"] or not sets["tt_l"]:
         note = (f"translator {sets['translator']} failed on every pair ({sets['dropped'][0]} held-out, "
                 f"{sets['dropped'][1]} train pairs dropped as empty or wrong-language)")
-        write_stage(pack_id, STAGE, {"eval_pairs": len(sets["eval_l"]), "tt_pairs": len(sets["tt_l"])},
-                    unmeasurable(pack_id, note), sig)
+        write_unmeasurable(pack_id, {"eval_pairs": len(sets["eval_l"]), "tt_pairs": len(sets["tt_l"])}, note, sig)
         return
     bon_pairs = sets["eval_l"][: cfg["bon"]["prompts"]]
     policy = sample_answers(pack, base, [rm.last_human(p["turns"]) for p in bon_pairs], cfg["bon"]) \
