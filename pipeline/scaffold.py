@@ -114,25 +114,21 @@ BLEND = {"repo": "nlee0212/BLEnD", "commit": "24e7d732c082c224b3bc9c7dc3b884fe83
 BLEND_ALIASES = {"GB": ["UK"]}  # BLEnD's own file names where they differ from ISO's names
 
 
-def _pinned_files(pin: dict, pattern: str) -> list[Path]:
-    """Files of a pinned GitHub repository present in the mirror or the cache, matching `pattern`."""
+def _pinned_files(pin: dict, pattern: str) -> list[tuple[str, Path]]:
+    """(path in the repository, local file) of a pinned GitHub repository's files matching
+    `pattern`, found in the mirror or the cache."""
     from pipeline.paths import cache_dir, mirror_dir
 
     roots = [cache_dir() / "github" / pin["repo"] / pin["commit"]]
     if mirror_dir():
         roots.insert(0, mirror_dir() / "github" / pin["repo"])
-    return [p for root in roots if root.exists() for p in sorted(root.glob(pattern))]
+    return [(p.relative_to(root).as_posix(), p) for root in roots if root.exists() for p in sorted(root.glob(pattern))]
 
 
 def _github_spec(pin: dict, root_rel: str, path: Path, fmt: str) -> dict:
     from pipeline.sources import sha256_path
 
     return {"format": fmt, "spec": {"kind": "github", **pin, "path": root_rel, "sha256": sha256_path(path)}}
-
-
-def _rel(pin: dict, path: Path) -> str:
-    parts = path.as_posix().split(f"/{pin['repo']}/", 1)[1].split("/")
-    return "/".join(parts[1:] if parts[0] == pin["commit"] else parts)
 
 
 def culture_pack(country: str) -> dict:
@@ -148,19 +144,20 @@ def culture_pack(country: str) -> dict:
                              "use a two-letter code such as 'de' or 'kr'")
     name = getattr(found, "common_name", found.name)
     names = {name, found.name, getattr(found, "official_name", found.name), cc, *BLEND_ALIASES.get(cc, [])}
-    answers = [p for p in _pinned_files(CULTURELLM, "data/*/*.csv") if p.stem in names]
+    surveys = _pinned_files(CULTURELLM, "data/*/*.csv")
+    answers = [(rel, p) for rel, p in surveys if p.stem in names]
     if not answers:
-        have = sorted(p.stem for p in _pinned_files(CULTURELLM, "data/*/*.csv"))
+        have = sorted(p.stem for _, p in surveys)
         raise PolyalignError(origin, "survey.answers", f"no World Values Survey extract for {name} in CultureLLM's data "
                              f"(available: {', '.join(have) or 'none; set POLYALIGN_MIRROR'})",
                              "write survey.answers by hand (format wvs-csv) or pick an available country")
     language = langcodes.Language.get(f"und-{cc}").maximize()
     local = language.language if language.language != "en" else f"en-{cc}"
     pack = {"include": "_common.yaml", "id": cc.lower(), "country": cc, "name": name, "languages": [local],
-            "survey": {"answers": _github_spec(CULTURELLM, _rel(CULTURELLM, answers[0]), answers[0], "wvs-csv")},
+            "survey": {"answers": _github_spec(CULTURELLM, *answers[0], "wvs-csv")},
             "blend": None}
     blend_names = {n.replace(" ", "_") for n in names}
-    questions = [p for p in _pinned_files(BLEND, "data/questions/*_questions.csv")
+    questions = [p for _, p in _pinned_files(BLEND, "data/questions/*_questions.csv")
                  if p.name.removesuffix("_questions.csv") in blend_names]
     licence = "World Values Survey wave 7 (via CultureLLM): free for non-commercial research with citation (Haerpfer et al., 2022)."
     if questions:
@@ -171,7 +168,7 @@ def culture_pack(country: str) -> dict:
                                    ("prompts", f"data/prompts/{stem}_prompts.csv", "csv")):
             hits = _pinned_files(BLEND, pattern)
             if hits:
-                blend[role] = _github_spec(BLEND, pattern, hits[0], fmt)
+                blend[role] = _github_spec(BLEND, *hits[0], fmt)
         if {"questions", "annotations"} <= set(blend):
             pack["blend"] = {**blend, "local_language": local}
             licence += " BLEnD (nlee0212/BLEnD): CC BY-SA 4.0 per its dataset card."
