@@ -55,6 +55,28 @@ def batched(model, tok, texts: list[str], new: int, batch_size: int) -> tuple[li
     return [rows[0] for rows in ids], time.perf_counter() - start, time.process_time() - cpu
 
 
+def head_shapes(model, rows=(1, 8, 16, 256), reps: int = 3) -> dict:
+    """Milliseconds of the output layer for `rows` hidden states: h @ W.T (what nn.Linear runs)
+    against (W @ h.T).T (what pipeline.generate runs on CPU), same weights, same products."""
+    import torch
+
+    weight = model.get_output_embeddings().weight.detach()
+    out = {}
+    with torch.inference_mode():
+        for n in rows:
+            h = torch.randn(n, weight.shape[1], dtype=weight.dtype)
+            times = {}
+            for name, fn in (("h_at_wt", lambda: h @ weight.t()), ("w_at_ht", lambda: (weight @ h.t()).t())):
+                fn()
+                start = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                times[name] = (time.perf_counter() - start) / reps * 1000
+            out[f"rows_{n}"] = {**{f"{k}_ms": round(v, 1) for k, v in times.items()},
+                                "speedup": round(times["h_at_wt"] / times["w_at_ht"], 2)}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32)
@@ -86,6 +108,7 @@ def main(argv=None) -> int:
                                  "speedup": (tokens / secs) / (base_tokens / base_s),
                                  "speedup_cpu_time": (tokens / cpu) / (base_tokens / base_cpu),
                                  "same_as_per_example": sum(a == b for a, b in zip(ids, base_ids)) / len(ids)}
+    result["output_layer"] = head_shapes(model)
     result["peak_rss_gb"] = peak_rss_gb()
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

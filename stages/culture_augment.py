@@ -110,7 +110,7 @@ def _generate_into(folder: Path, name: str, jobs: list[tuple[str, str]], gen: di
     for key, prompt in tqdm(jobs, desc="paraphrase", unit="seed"):
         outs = generate(model, tok, [prompt], max_new_tokens=gen["max_new_tokens"], batch_size=1,
                         do_sample=True, temperature=gen["temperature"], top_p=gen["top_p"],
-                        num_return_sequences=gen["k"], seed=int(key[:8], 16))
+                        num_return_sequences=gen["k"], seed=int(key[:8], 16), stop_after_first_line=True)
         outs = outs[0] if outs and isinstance(outs[0], list) else outs
         io.write_json(folder / f"{key}.json", {"model": name, "prompt": prompt, **gen, "outputs": list(outs)})
 

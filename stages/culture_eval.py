@@ -136,7 +136,8 @@ def blend_scores(model, tok, questions: list[dict], prompts: dict[str, str], cfg
     out = {}
     for lang, template in prompts.items():
         texts = [template.replace("{q}", q["question" if lang == "local" else "en_question"]) for q in questions]
-        gens = generate(model, tok, texts, max_new_tokens=cfg["max_new_tokens"], batch_size=cfg["batch_size"])
+        gens = generate(model, tok, texts, max_new_tokens=cfg["max_new_tokens"], batch_size=cfg["batch_size"],
+                        stop_after_first_line=True)
         answers = [C.first_line(g) for g in gens]
         out[lang] = [float(C.blend_correct(q, a, lang == "local")) for q, a in zip(questions, answers)]
         out[f"{lang}_answers"] = answers

@@ -17,14 +17,15 @@ Writes results/<lang>/laft_eval.{json,rows.json}; lower bits per byte is better.
 from __future__ import annotations
 
 import gc
+import json
 import time
 from pathlib import Path
 
 from pipeline import io
 from pipeline.config import section
 from pipeline.laft import bits_per_byte, by_document, delta_bits_per_byte, tokenizer_stats, utf8_bytes
-from pipeline.paths import data_dir, repo_root
-from pipeline.provenance import sha256_file, signature
+from pipeline.paths import cache_dir, data_dir, repo_root
+from pipeline.provenance import sha256_file, sha256_text, signature
 from pipeline.report import row, write_stage
 from stages.laft import base_model
 
@@ -56,26 +57,49 @@ def load_variant(variant: str, base: str, pack_id: str):
     return load_trained(base, adapter_dir(variant, pack_id))
 
 
-def document_bits(model, tok, rows: list[dict], field: str, batch_size: int):
-    """Bits of each document (shape [n_docs]): per-sentence NLL summed per document."""
+def weights_id(variant: str, base: str, pack_id: str) -> str:
+    """What a variant's scores depend on: the base build and, for an adapter, its files."""
+    from pipeline.translate import model_fingerprint
+
+    parts = [base, model_fingerprint(base)]
+    if variant != "base":
+        parts += [sha256_file(f) for f in sorted(adapter_dir(variant, pack_id).glob("*")) if f.is_file()]
+    return sha256_text("\x00".join(parts))
+
+
+def bits_cache(variant: str, base: str, pack_id: str, texts: list[str], batch_size: int) -> Path:
+    """Cache file of per-sentence bits. The English test side is the same for every language, so
+    the base model's and MAFT's English bits are computed once, not once per language."""
+    key = sha256_text(json.dumps({"v": 1, "weights": weights_id(variant, base, pack_id), "batch": batch_size,
+                                  "texts": sha256_text("\x00".join(texts))}))
+    return cache_dir() / "nll_bits" / f"{key}.json"
+
+
+def score_variants(pack_id: str, base: str, rows: list[dict], batch_size: int) -> tuple[dict, dict]:
+    """{variant: {side: bits per doc}} for every variant whose weights exist, and wall seconds
+    (a side found in the bits cache costs no scoring)."""
     import torch
 
     from pipeline.generate import text_nll_bits
 
-    with torch.inference_mode():
-        bits = text_nll_bits(model, tok, [r[field] for r in rows], batch_size=batch_size)
-    return by_document([r["doc"] for r in rows], bits)[1]
-
-
-def score_variants(pack_id: str, base: str, rows: list[dict], batch_size: int) -> tuple[dict, dict]:
-    """{variant: {side: bits per doc}} for every variant whose weights exist, and wall seconds."""
+    docs = [r["doc"] for r in rows]
     bits, wall = {}, {}
     for variant in VARIANTS:
         if variant != "base" and not adapter_dir(variant, pack_id).exists():
             continue
-        start = time.time()
-        model, tok = load_variant(variant, base, pack_id)
-        bits[variant] = {side: document_bits(model, tok, rows, field, batch_size) for side, field in SIDES.items()}
+        start, model, bits[variant] = time.time(), None, {}
+        for side, field in SIDES.items():
+            texts = [r[field] for r in rows]
+            path = bits_cache(variant, base, pack_id, texts, batch_size)
+            if path.exists():
+                sentence_bits = io.read_json(path)["bits"]
+            else:
+                if model is None:
+                    model, tok = load_variant(variant, base, pack_id)
+                with torch.inference_mode():
+                    sentence_bits = text_nll_bits(model, tok, texts, batch_size=batch_size)
+                io.write_json(path, {"variant": variant, "pack": pack_id, "bits": sentence_bits})
+            bits[variant][side] = by_document(docs, sentence_bits)[1]
         wall[variant] = time.time() - start
         del model
         gc.collect()

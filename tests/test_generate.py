@@ -105,3 +105,44 @@ def test_token_logprobs_matches_log_softmax():
     h, w, y = torch.randn(9, 4), torch.randn(12, 4), torch.randint(0, 12, (9,))
     want = torch.log_softmax(h @ w.t(), -1).gather(1, y[:, None]).squeeze(1)
     assert torch.allclose(G.token_logprobs(h, w, y, chunk=4), want, atol=1e-5)
+
+
+def test_stop_after_first_line_keeps_the_first_non_empty_line(lm):
+    """The stop only shortens decoding: the first non-empty line is what it is without it."""
+    from pipeline.culture import first_line as culture_first_line
+    from pipeline.translate import first_line
+
+    model, tok = lm
+    prompts = [p + "\n" for p in PROMPTS]  # a line break in the prompt makes newlines likely
+    full = G.generate_ids(model, tok, prompts, max_new_tokens=40, batch_size=8)
+    cut = G.generate_ids(model, tok, prompts, max_new_tokens=40, batch_size=8, stop_after_first_line=True)
+    table = G._line_end(tok, model)
+    for (a,), (b,) in zip(full, cut):
+        text_a, text_b = tok.decode(a, skip_special_tokens=True), tok.decode(b, skip_special_tokens=True)
+        assert first_line(text_a) == first_line(text_b)
+        assert culture_first_line(text_a) == culture_first_line(text_b)
+        assert b == a[:len(b)]  # same tokens, just fewer
+        if len(b) < len(a):  # it stopped: the last kept token closes a non-empty line
+            assert table.has_nl[b[-1]] and culture_first_line(text_b)
+
+
+def test_line_end_table_on_hand_made_sequences(lm):
+    model, tok = lm
+    table = G._line_end(tok, model)
+    nl = tok("\n", add_special_tokens=False)["input_ids"][-1]
+    word = tok("house", add_special_tokens=False)["input_ids"][-1]
+    assert table.has_nl[nl] and not table.has_text[nl]
+    assert G._trim([nl, word, nl, word], set(), table) == [nl, word, nl]  # a leading blank line is skipped
+    assert G._trim([word, word], set(), table) == [word, word]
+
+
+def test_tall_head_gives_the_same_logits_and_restores_the_layer(lm):
+    model, tok = lm
+    ids = torch.tensor([start_ids(tok) + tok("Muli bwanji?", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        with G._TallHead(model) as tall:
+            assert tall.head is not None
+            swapped = model(ids).logits
+    assert torch.allclose(plain, swapped, atol=1e-10)
+    assert "forward" not in vars(model.get_output_embeddings())  # nn.Linear.forward again
