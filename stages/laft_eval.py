@@ -70,8 +70,9 @@ def weights_id(variant: str, base: str, pack_id: str) -> str:
 def bits_cache(variant: str, base: str, pack_id: str, texts: list[str], batch_size: int) -> Path:
     """Cache file of per-sentence bits. The English test side is the same for every language, so
     the base model's and MAFT's English bits are computed once, not once per language."""
+    scorer = sha256_file(repo_root() / "pipeline" / "generate.py")  # a scoring change is a new key
     key = sha256_text(json.dumps({"v": 1, "weights": weights_id(variant, base, pack_id), "batch": batch_size,
-                                  "texts": sha256_text("\x00".join(texts))}))
+                                  "scorer": scorer, "texts": sha256_text("\x00".join(texts))}))
     return cache_dir() / "nll_bits" / f"{key}.json"
 
 

@@ -227,3 +227,26 @@ def test_laft_eval_without_maft_reports_null_row(laft_repo):
     rows = {r["metric"]: r for r in io.read_json(laft_repo / "results" / "glg" / "laft_eval.rows.json")}
     assert rows["bpb_target_laft"]["value"] is None and "no LAFT weights" in rows["bpb_target_laft"]["note"]
     assert rows["bpb_target_base"]["value"] > 0
+
+
+def test_laft_eval_bits_cache_serves_the_second_language(tmp_path, monkeypatch):
+    """Same model, same English test side: the second call scores nothing and returns the same bits."""
+    from stages import laft_eval
+
+    monkeypatch.setenv("POLYALIGN_CACHE", str(tmp_path / "cache"))
+    rows = [{"doc": "d1", "en": "The house is red.", "tgt": "Nyumba ndi yofiira."},
+            {"doc": "d1", "en": "It rained.", "tgt": "Kunagwa mvula."},
+            {"doc": "d2", "en": "Hello there.", "tgt": "Moni."}]
+    first, _ = laft_eval.score_variants("zz1", "tiny-random", rows, batch_size=2)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("scored again although cached")
+
+    monkeypatch.setattr(laft_eval, "load_variant", no_model)
+    second, _ = laft_eval.score_variants("zz2", "tiny-random", rows, batch_size=2)
+    assert set(first) == {"base"}  # no adapters for these packs
+    for side in laft_eval.SIDES:
+        assert np.array_equal(first["base"][side], second["base"][side]) and first["base"][side].shape == (2,)
+    other = [dict(r, en=r["en"] + "!") for r in rows]  # other text: a new key, so it scores (and fails here)
+    with pytest.raises(AssertionError, match="scored again"):
+        laft_eval.score_variants("zz2", "tiny-random", other, batch_size=2)
