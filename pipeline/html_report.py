@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io as _io
+import math
 from collections import defaultdict
 from typing import Iterable
 
@@ -31,9 +32,15 @@ HUMAN_NOTE = ("System 'human' is the reference translation run through the same 
 
 # --------------------------------------------------------------------------- formatting
 def fmt(x: float | None, digits: int = 3) -> str:
+    """`digits` significant digits, at least one decimal below 1000 (3.135 -> 3.13, 13.26 -> 13.3,
+    198.8 -> 198.8, 0.0579 -> 0.0579, 22163 -> 22163): bits per byte keep their signal."""
     if x is None:
         return "–"
-    return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{max(1, digits - 2)}f}"
+    if x == 0 or abs(x) < 1:
+        return f"{x:.{digits}g}"
+    if abs(x) >= 1000:
+        return f"{x:.0f}"
+    return f"{x:.{max(1, digits - 1 - int(math.floor(math.log10(abs(x)))))}f}"
 
 
 def cell(r: dict) -> str:

@@ -3,9 +3,9 @@
 Every available system translates the test sentences English→language (`en-xx`) and
 language→English (`xx-en`): each available translator of the pack's list (pipeline.translate,
 cached), the base model prompted with the pack's `translate` template (`base`), and the
-adapted models prompted the same way (`taco`, `laft`: LoRA adapters under
-models/<lang>/{taco_sft,laft}/adapter, when present). Scores: sacrebleu BLEU, chrF++ and TER
-with signatures and sacrebleu's paired bootstrap against the pack's reference system (the
+adapted models prompted the same way (`taco`, `laft`: the LoRA adapters at
+models/<lang>/taco_sft/taco/adapter and models/<lang>/laft/adapter, when present). Scores:
+sacrebleu BLEU, chrF++ and TER with signatures and sacrebleu's paired bootstrap against the pack's reference system (the
 first available entry of its translator list: what the pipeline itself translates with);
 COMET when `mt_errors.comet_checkpoint` is set. Per sentence: the error taxonomy of
 pipeline.mt_eval. Per adaptation corpus: Jensen–Shannon divergence to the test set.
@@ -38,7 +38,8 @@ from pipeline.translate import (BACKWARD, FORWARD, MIN_LID_LETTERS, LlmIcl, Tran
 
 STAGE = "mt_errors"
 DIRS = {"en-xx": FORWARD, "xx-en": BACKWARD}
-ADAPTERS = {"taco": "taco_sft", "laft": "laft"}  # system name -> the stage whose adapter it is
+# system name -> (the stage that trains it, its adapter under models/<lang>/)
+ADAPTERS = {"taco": ("taco_sft", "taco_sft/taco/adapter"), "laft": ("laft", "laft/adapter")}
 N_EXAMPLES = 3
 HUMAN = "human"  # the reference translation run through the error detectors (their false-positive floor)
 
@@ -95,12 +96,12 @@ def build_systems(pack: LanguagePack, cfg: dict) -> tuple[dict[str, object], dic
         ok, why = base.available()
         backends.update({"base": base} if ok else {})
         skipped.update({} if ok else {"base": why})
-    for name, stage in ADAPTERS.items():
-        adapter = repo_root() / "models" / pack.id / stage / "adapter"
+    for name, (stage, rel) in ADAPTERS.items():
+        adapter = repo_root() / "models" / pack.id / rel
         if adapter.is_dir():
             backends[name] = AdaptedIcl(pack, adapter, _stage_base(stage), cfg["shots"])
         else:
-            skipped[name] = f"no adapter at models/{pack.id}/{stage}/adapter (run `dvc repro {stage}@{pack.id}`)"
+            skipped[name] = f"no adapter at models/{pack.id}/{rel} (run `dvc repro {stage}@{pack.id}`)"
     if not backends:
         raise PolyalignError(f"languages/{pack.id}.yaml", "translators", "no translation system is available ("
                              + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")", "see `polyalign doctor`")

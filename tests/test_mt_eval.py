@@ -288,3 +288,19 @@ def test_stage_scores_comet_with_a_configured_checkpoint(glg_repo, tiny_comet, m
     assert all(M.COMET_NOT_COMPARABLE in r["note"] and "outside" not in r["note"] for r in comet)
     metrics = json.loads((glg_repo / "results" / "glg" / "mt_errors.json").read_text())
     assert metrics["en-xx.apertium.comet"] == pytest.approx(comet[0]["value"])
+
+
+def test_adapted_systems_are_found_where_their_stages_write_them(repo_copy):
+    """taco_sft writes models/<lang>/taco_sft/taco/adapter, laft models/<lang>/laft/adapter."""
+    from pipeline.packs import load_language
+    from stages import mt_errors
+
+    pack = load_language("glg")
+    cfg = {"shots": 2}
+    _, skipped, _ = mt_errors.build_systems(pack, cfg)
+    assert {"taco", "laft"} <= set(skipped)
+    for rel in ("taco_sft/taco/adapter", "laft/adapter"):
+        (repo_copy / "models" / "glg" / rel).mkdir(parents=True)
+    backends, skipped, _ = mt_errors.build_systems(pack, cfg)
+    assert {"taco", "laft"} <= set(backends) and not {"taco", "laft"} & set(skipped)
+    assert backends["taco"].adapter == repo_copy / "models" / "glg" / "taco_sft" / "taco" / "adapter"

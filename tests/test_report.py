@@ -201,3 +201,10 @@ def test_html_renders_with_plots_in_headless_chromium(built_repo, tmp_path):
     assert coloured_pixels(shot) > 0.01
     if os.environ.get("POLYALIGN_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["POLYALIGN_KEEP_SCREENSHOT"])
+
+
+def test_fmt_keeps_three_significant_digits():
+    from pipeline.html_report import fmt
+
+    assert [fmt(v) for v in (3.135, 13.26, 198.84, 0.0579, -0.198, 22163.0, 0.0, None)] == \
+        ["3.13", "13.3", "198.8", "0.0579", "-0.198", "22163", "0", "–"]
