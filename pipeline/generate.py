@@ -53,11 +53,14 @@ def _eos_ids(model, tok) -> set[int]:
 def _trim(new: list[int], stop: set[int], line_end: "_LineEnd | None" = None) -> list[int]:
     """New tokens up to and including the first stop token (what was really generated),
     or the token that ended the first non-empty line when generation stopped there."""
-    seen = False
+    seen = torch.zeros(1, dtype=torch.bool)
     for i, t in enumerate(new):
-        if t in stop or (line_end is not None and line_end.ends(t, seen)):
+        if t in stop:
             return new[:i + 1]
-        seen = seen or (line_end is not None and line_end.has_text[t])
+        if line_end is not None:
+            done, seen = line_end.step(torch.tensor([t]), seen)
+            if done[0]:
+                return new[:i + 1]
     return new
 
 
@@ -72,8 +75,10 @@ class _LineEnd:
         self.has_text = torch.tensor([bool(p.strip()) for p in pieces])
         self.text_first = torch.tensor([bool(p.split("\n", 1)[0].strip()) for p in pieces])
 
-    def ends(self, t: int, seen: bool) -> bool:
-        return bool(self.has_nl[t]) and (seen or bool(self.text_first[t]))
+    def step(self, last: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One generated token per row (`last`, `seen`: rows so far with non-blank text) ->
+        (rows whose first non-empty line this token completes, updated `seen`)."""
+        return self.has_nl[last] & (seen | self.text_first[last]), seen | self.has_text[last]
 
 
 def _line_end(tok, model) -> _LineEnd:
@@ -99,8 +104,7 @@ class _StopAfterFirstLine(StoppingCriteria):
         last = input_ids[:, -1].cpu()
         if self.seen.shape[0] != last.shape[0]:  # num_return_sequences expands the batch
             self.seen = torch.zeros(last.shape[0], dtype=torch.bool)
-        done = self.table.has_nl[last] & (self.seen | self.table.text_first[last])
-        self.seen |= self.table.has_text[last]
+        done, self.seen = self.table.step(last, self.seen)
         return done.to(input_ids.device)
 
 
@@ -109,8 +113,8 @@ class _TallHead:
 
     Same products, other GEMM shape: for the few rows of a decoding step MKL runs the tall
     (V, d) x (d, B) product ~1.6x faster on CPU (gemma-3-270m's 262k x 640 head, batch 16:
-    88 ms instead of 145 ms; bench/bench_generate.py: output_layer), and that layer is over half of a
-    decoding step. Logits agree to float rounding. CPU only (not measured on accelerators)."""
+    88 ms instead of 145 ms; bench/bench_generate.py: output_layer), and that layer is over
+    half of a decoding step. Logits agree to float rounding. CPU only (not measured on accelerators)."""
 
     def __init__(self, model):
         head = model.get_output_embeddings()
@@ -155,8 +159,8 @@ def generate_ids(model, tok, prompts: list[str], *, max_new_tokens: int, batch_s
         idx = order[start:start + batch_size]
         ids, mask = _left_pad([encoded[i] for i in idx], pad)
         torch.manual_seed(seed + b)
-        extra = {"stopping_criteria": StoppingCriteriaList([_StopAfterFirstLine(table, len(idx) * num_return_sequences)])} \
-            if table is not None else {}
+        n_rows = len(idx) * num_return_sequences
+        extra = {} if table is None else {"stopping_criteria": StoppingCriteriaList([_StopAfterFirstLine(table, n_rows)])}
         with _TallHead(model):
             seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                   max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
@@ -193,9 +197,8 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     """
     out = []
     for start in range(0, hidden.shape[0], chunk):
-        # (V, c) = weight @ h.T rather than (c, V) = h @ weight.T: the same products, but MKL runs
-        # this tall-and-skinny shape 1.4-1.8x faster on CPU (bench/bench_generate.py:
-        # output_layer)
+        # (V, c) = weight @ h.T rather than (c, V) = h @ weight.T: the same products, but MKL
+        # runs this tall shape 1.4-1.8x faster on CPU (bench/bench_generate.py: output_layer)
         logits = weight @ hidden[start:start + chunk].to(weight.dtype).t()
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (V, c), bf16 -> fp32
         if softcap:

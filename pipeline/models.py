@@ -99,6 +99,21 @@ def spec_hash(spec: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def fingerprint(name: str) -> str:
+    """A short hash of what a model name resolves to: the registry build, or a local folder's
+    weights ("hub" for a hub id: its revision is the hub's to change)."""
+    from pipeline.provenance import sha256_file, sha256_text
+
+    reg = registry()
+    if name in reg:
+        return spec_hash(reg[name])
+    path = Path(name)
+    if path.exists():
+        files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json"))
+        return sha256_text("".join(sha256_file(f) for f in files))[:12]
+    return "hub"
+
+
 def cached_dir(name: str) -> Path:
     spec = registry()[name]
     return cache_dir() / "models" / f"{name}-{spec_hash(spec)}"

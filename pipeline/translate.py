@@ -211,8 +211,10 @@ class LlmIcl:
         return True, ""
 
     def system_id(self) -> str:
+        from pipeline.models import fingerprint
+
         train = sha256_file(self._train_path())[:12] if self._train_path().exists() else "none"
-        return (f"llm-icl:{self.model_name}:{model_fingerprint(self.model_name)}:shots{self.spec.shots}:"
+        return (f"llm-icl:{self.model_name}:{fingerprint(self.model_name)}:shots{self.spec.shots}:"
                 f"{self._template.id if self._template else 'none'}:train{train}:"
                 f"budget-p{int(self.RATIO_QUANTILE * 100)}+{self.TOKEN_SLACK}<={self.TOKEN_CAP}")
 
@@ -277,20 +279,6 @@ def _n_tokens(tok, text: str) -> int:
 def first_line(text: str) -> str:
     """The continuation up to its first newline (the ICL format puts one translation per line)."""
     return text.lstrip(" ").split("\n", 1)[0].strip()
-
-
-def model_fingerprint(name: str) -> str:
-    """A short hash of what the name resolves to: the registry build, or a local folder's weights."""
-    from pipeline import models
-
-    reg = models.registry()
-    if name in reg:
-        return models.spec_hash(reg[name])
-    path = Path(name)
-    if path.exists():
-        files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json"))
-        return sha256_text("".join(sha256_file(f) for f in files))[:12]
-    return "hub"
 
 
 class HubMt:

@@ -59,9 +59,9 @@ def load_variant(variant: str, base: str, pack_id: str):
 
 def weights_id(variant: str, base: str, pack_id: str) -> str:
     """What a variant's scores depend on: the base build and, for an adapter, its files."""
-    from pipeline.translate import model_fingerprint
+    from pipeline.models import fingerprint
 
-    parts = [base, model_fingerprint(base)]
+    parts = [base, fingerprint(base)]
     if variant != "base":
         parts += [sha256_file(f) for f in sorted(adapter_dir(variant, pack_id).glob("*")) if f.is_file()]
     return sha256_text("\x00".join(parts))
