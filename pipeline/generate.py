@@ -137,15 +137,85 @@ class _TallHead:
             del self.head.forward  # back to nn.Linear.forward
 
 
+# generation_config fields that make HF greedy decoding more than the argmax of the logits
+_GREEDY_PROCESSORS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
+                      "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+                      "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
+                      "forced_eos_token_id": (None,), "min_length": (None, 0), "min_new_tokens": (None, 0),
+                      "sequence_bias": (None,), "renormalize_logits": (None, False),
+                      "exponential_decay_length_penalty": (None,)}
+
+
+def _plain_greedy(model) -> bool:
+    """True when HF's greedy search on this model is the argmax of the logits at every step
+    (no logits processor from its generation_config), so _greedy gives the same tokens."""
+    gc = getattr(model, "generation_config", None)
+    return gc is not None and all(getattr(gc, k, None) in ok for k, ok in _GREEDY_PROCESSORS.items())
+
+
+def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, budgets: list[int], stop: set[int],
+            table: "_LineEnd | None") -> list[list[int]]:
+    """Greedy decoding of a left-padded batch that drops each row from the batch (and its KV
+    cache) as soon as it is done: a stop token, its own token budget (`budgets`, one a row)
+    reached, or its first line complete when `table` is given.
+
+    HF's generate keeps finished rows in the batch until the last one ends, so one long row
+    makes every row pay for its length; here a step costs only the rows still running. Same
+    inputs as generate's greedy search (position ids from the mask, cache positions, one
+    logit row per step), so the same tokens: tests compare the two.
+    """
+    from transformers import DynamicCache
+
+    n, width = ids.shape
+    out: list[list[int]] = [[] for _ in range(n)]
+    alive = torch.tensor([i for i in range(n) if budgets[i] > 0], dtype=torch.long)
+    if len(alive) == 0:
+        return out
+    ids, mask = ids[alive.to(ids.device)], mask[alive.to(ids.device)]
+    left = torch.tensor([budgets[i] for i in alive.tolist()])
+    cache = DynamicCache(config=model.config)
+    stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=ids.device)
+    seen = torch.zeros(len(alive), dtype=torch.bool)
+    step_ids, position = ids, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    cache_position = torch.arange(width, device=ids.device)
+    while True:
+        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                       cache_position=cache_position, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        nxt = logits.argmax(-1)
+        for row, t in zip(alive.tolist(), nxt.tolist()):
+            out[row].append(t)
+        left -= 1
+        done = torch.isin(nxt, stop_ids).cpu() | (left <= 0)
+        if table is not None:
+            line_done, seen = table.step(nxt.cpu(), seen)
+            done |= line_done
+        if bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep.to(ids.device))
+            alive, seen, left = alive[keep], seen[keep], left[keep]
+            nxt, mask = nxt[keep.to(ids.device)], mask[keep.to(ids.device)]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        step_ids, position = nxt[:, None], (mask.sum(-1, keepdim=True) - 1)
+        cache_position = cache_position[-1:] + 1
+    return out
+
+
 @torch.inference_mode()
-def generate_ids(model, tok, prompts: list[str], *, max_new_tokens: int, batch_size: int = 8,
+def generate_ids(model, tok, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int = 8,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 num_return_sequences: int = 1, seed: int = 0,
-                 stop_after_first_line: bool = False) -> list[list[list[int]]]:
+                 num_return_sequences: int = 1, seed: int = 0, stop_after_first_line: bool = False,
+                 desc: str | None = None) -> list[list[list[int]]]:
     """New token ids per prompt and return sequence (up to and including EOS), in prompt order.
 
-    `stop_after_first_line`: each row ends once its first non-empty line is complete (for
-    callers that keep only that line; what they keep is unchanged, the decoding is shorter)."""
+    `max_new_tokens`: one budget for all prompts, or one per prompt (a prompt's output then
+    does not depend on which prompts share its batch). `stop_after_first_line`: each row ends
+    once its first non-empty line is complete (for callers that keep only that line; what
+    they keep is unchanged, the decoding is shorter). `desc`: a progress bar over batches."""
+    from tqdm.auto import tqdm
+
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     stop = _eos_ids(model, tok)
     encoded = [_encode_prompt(tok, p) for p in prompts]
@@ -155,26 +225,31 @@ def generate_ids(model, tok, prompts: list[str], *, max_new_tokens: int, batch_s
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     table = _line_end(tok, model) if stop_after_first_line else None
-    for b, start in enumerate(range(0, len(order), batch_size)):
+    starts = range(0, len(order), batch_size)
+    for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None)):
         idx = order[start:start + batch_size]
         ids, mask = _left_pad([encoded[i] for i in idx], pad)
         torch.manual_seed(seed + b)
         n_rows = len(idx) * num_return_sequences
         extra = {} if table is None else {"stopping_criteria": StoppingCriteriaList([_StopAfterFirstLine(table, n_rows)])}
         with _TallHead(model):
-            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                  max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
-                                  pad_token_id=pad, **sampling, **extra)
-        new = seqs[:, ids.shape[1]:].tolist()
+            if not do_sample and num_return_sequences == 1 and _plain_greedy(model):
+                new = _greedy(model, ids.to(device), mask.to(device), [budgets[i] for i in idx], stop, table)
+            else:
+                seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                      max_new_tokens=max(budgets[i] for i in idx),
+                                      num_return_sequences=num_return_sequences, pad_token_id=pad, **sampling, **extra)
+                new = seqs[:, ids.shape[1]:].tolist()
         for k, i in enumerate(idx):
             rows = new[k * num_return_sequences:(k + 1) * num_return_sequences]
-            out[i] = [_trim(r, stop, table) for r in rows]
+            out[i] = [_trim(r[:budgets[i]], stop, table) for r in rows]
     return out
 
 
-def generate(model, tok, prompts: list[str], *, max_new_tokens: int, batch_size: int = 8, do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
-             seed: int = 0, stop_after_first_line: bool = False) -> list[str] | list[list[str]]:
+def generate(model, tok, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int = 8,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
+             seed: int = 0, stop_after_first_line: bool = False,
+             desc: str | None = None) -> list[str] | list[list[str]]:
     """Continuations only (prompt not repeated, special tokens dropped), batched and left-padded.
 
     Greedy by default; `do_sample` with temperature/top_p samples (seeded per batch).
@@ -183,7 +258,7 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int, batch_size:
     ids = generate_ids(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        do_sample=do_sample, temperature=temperature, top_p=top_p,
                        num_return_sequences=num_return_sequences, seed=seed,
-                       stop_after_first_line=stop_after_first_line)
+                       stop_after_first_line=stop_after_first_line, desc=desc)
     texts = [[tok.decode(r, skip_special_tokens=True) for r in rows] for rows in ids]
     return [t[0] for t in texts] if num_return_sequences == 1 else texts
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
 
 from pipeline.errors import PolyalignError
 from pipeline.packs import LanguagePack, Translator as TranslatorSpec
@@ -182,7 +181,7 @@ def _dpkg_version(package: str) -> str:
 class LlmIcl:
     """A causal LM prompted with `shots` parallel train pairs; greedy; first line kept."""
 
-    # Output budget per batch: the longest source's tokens x the 99th percentile of the
+    # Output budget per sentence: its source's tokens x the 99th percentile of the
     # output/input token ratio on the pack's own train pairs, plus slack. Measured with
     # Gemma-3's tokenizer (300 NTREX train pairs): en->nya p99 2.88, en->npi 2.27, en->glg
     # 1.96, and below 1.0 back into English. Each row also stops once its first line is
@@ -216,7 +215,7 @@ class LlmIcl:
         train = sha256_file(self._train_path())[:12] if self._train_path().exists() else "none"
         return (f"llm-icl:{self.model_name}:{fingerprint(self.model_name)}:shots{self.spec.shots}:"
                 f"{self._template.id if self._template else 'none'}:train{train}:"
-                f"budget-p{int(self.RATIO_QUANTILE * 100)}+{self.TOKEN_SLACK}<={self.TOKEN_CAP}")
+                f"budget-row-p{int(self.RATIO_QUANTILE * 100)}+{self.TOKEN_SLACK}<={self.TOKEN_CAP}")
 
     def shots(self) -> list[dict]:
         """`shots` train pairs of moderate length, chosen by a stable hash (same for both directions)."""
@@ -257,19 +256,11 @@ class LlmIcl:
 
         model, tok = self._load()
         prompts = self.prompts(segments, direction)
-        lengths = [_n_tokens(tok, s) for s in segments]
         ratio = self.ratio(direction, tok)
-        order = sorted(range(len(segments)), key=lambda i: lengths[i])
-        out = [""] * len(segments)
-        batches = range(0, len(order), self.batch_size)
-        for start in tqdm(batches, desc=f"llm-icl {direction}", unit="batch", leave=False):
-            idx = order[start:start + self.batch_size]
-            budget = min(self.TOKEN_CAP, int(max(lengths[i] for i in idx) * ratio) + self.TOKEN_SLACK)
-            texts = generate(model, tok, [prompts[i] for i in idx], max_new_tokens=budget, batch_size=len(idx),
-                             stop_after_first_line=True)
-            for i, text in zip(idx, texts):
-                out[i] = first_line(text)
-        return out
+        budgets = [min(self.TOKEN_CAP, int(_n_tokens(tok, s) * ratio) + self.TOKEN_SLACK) for s in segments]
+        texts = generate(model, tok, prompts, max_new_tokens=budgets, batch_size=self.batch_size,
+                         stop_after_first_line=True, desc=f"llm-icl {direction}")
+        return [first_line(t) for t in texts]
 
 
 def _n_tokens(tok, text: str) -> int:

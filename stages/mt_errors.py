@@ -306,11 +306,14 @@ def flat(d: str, result: dict, comet: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the stage
-def translate_all(backends: dict, pack: LanguagePack, src: list[str], direction: str, check) -> dict[str, list[str]]:
-    """Every system's outputs (cached by pipeline.translate); a model is freed once its system is done."""
-    hyps = {}
+def translate_all(backends: dict, pack: LanguagePack, rows: list[dict], check) -> dict[str, dict[str, list[str]]]:
+    """{direction: {system: outputs}} (cached by pipeline.translate). Each system translates both
+    directions in turn, so its model is loaded once, and is freed once that system is done."""
+    hyps: dict[str, dict[str, list[str]]] = {d: {} for d in DIRS}
     for name, backend in backends.items():
-        hyps[name] = Translator(pack, backend, lang_check=check).translate(src, direction).outputs
+        for d, direction in DIRS.items():
+            src = [r["en"] if d == "en-xx" else r["tgt"] for r in rows]
+            hyps[d][name] = Translator(pack, backend, lang_check=check).translate(src, direction).outputs
         if hasattr(backend, "_model"):
             backend._model = None
     return hyps
@@ -327,11 +330,11 @@ def evaluate(pack: LanguagePack, cfg: dict, rows: list[dict], backends: dict, re
     lid = lid_note(pack.id)
     thresholds = THRESHOLDS | (cfg.get("thresholds") or {})
     report = {"metrics": {}, "rows": [], "details": {}, "tsv": [TSV_HEADER], "texts": {}}
-    for d, direction in DIRS.items():
+    outputs_by_dir = translate_all(backends, pack, rows, check)
+    for d, hyps in outputs_by_dir.items():
         en, tgt = [r["en"] for r in rows], [r["tgt"] for r in rows]
         src, ref = (en, tgt) if d == "en-xx" else (tgt, en)
         scripts = ("Latn", pack.script) if d == "en-xx" else (pack.script, "Latn")
-        hyps = translate_all(backends, pack, src, direction, check)
         result = analyse(src, ref, hyps, reference=reference, src_script=scripts[0], tgt_script=scripts[1],
                          lang="tgt" if d == "en-xx" else "en", check=check, thresholds=thresholds,
                          n_boot=cfg["n_boot"])

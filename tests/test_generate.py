@@ -146,3 +146,68 @@ def test_tall_head_gives_the_same_logits_and_restores_the_layer(lm):
             swapped = model(ids).logits
     assert torch.allclose(plain, swapped, atol=1e-10)
     assert "forward" not in vars(model.get_output_embeddings())  # nn.Linear.forward again
+
+
+
+def hf_greedy(model, tok, prompts, max_new_tokens, stop_after_first_line=False, eos=None):
+    """transformers' own greedy search on the same left-padded batch (the reference for G._greedy)."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids, mask = G._left_pad([G._encode_prompt(tok, p) for p in prompts], pad)
+    table = G._line_end(tok, model) if stop_after_first_line else None
+    extra = {} if table is None else {"stopping_criteria": [G._StopAfterFirstLine(table, len(prompts))]}
+    extra |= {} if eos is None else {"eos_token_id": sorted(eos)}
+    with torch.no_grad():
+        seqs = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                              temperature=None, top_p=None, top_k=None, pad_token_id=pad, **extra)
+    return [G._trim(r, eos or G._eos_ids(model, tok), table) for r in seqs[:, ids.shape[1]:].tolist()]
+
+
+def by_length(tok, prompts):
+    return sorted(prompts, key=lambda p: -len(G._encode_prompt(tok, p)))  # generate_ids' batch order
+
+
+@pytest.mark.parametrize("first_line", [False, True])
+def test_greedy_equals_transformers_generate(lm, first_line):
+    model, tok = lm
+    prompts = by_length(tok, [p + "\n" for p in PROMPTS] if first_line else PROMPTS)
+    ours = G.generate_ids(model, tok, prompts, max_new_tokens=30, batch_size=8, stop_after_first_line=first_line)
+    assert [r[0] for r in ours] == hf_greedy(model, tok, prompts, 30, first_line)
+
+
+def test_greedy_drops_finished_rows_and_keeps_hf_tokens(lm):
+    """Rows that stop early leave the batch and its KV cache; the others go on with HF's tokens."""
+    model, tok = lm
+    prompts = by_length(tok, PROMPTS)
+    free = hf_greedy(model, tok, prompts, 20)
+    stop = {free[0][2]}  # a token the first row emits third: that row finishes early
+    pad = tok.pad_token_id
+    ids, mask = G._left_pad([G._encode_prompt(tok, p) for p in prompts], pad)
+    with torch.no_grad():
+        ours = G._greedy(model, ids, mask, [20] * len(prompts), stop, None)
+    want = hf_greedy(model, tok, prompts, 20, eos=stop)
+    assert ours == want
+    assert len(ours[0]) <= 3 and max(map(len, ours)) == 20  # finished at different steps: the batch shrank
+
+
+def test_greedy_with_a_logits_processor_falls_back_to_generate(lm):
+    model, tok = lm
+    assert G._plain_greedy(model)
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        assert not G._plain_greedy(model)
+        prompts = by_length(tok, PROMPTS[:3])
+        got = G.generate_ids(model, tok, prompts, max_new_tokens=8, batch_size=3)
+        assert [r[0] for r in got] == hf_greedy(model, tok, prompts, 8)  # HF applies the penalty
+    finally:
+        model.generation_config.repetition_penalty = None
+
+
+def test_per_prompt_budgets_cut_each_row_and_do_not_depend_on_the_batch(lm):
+    model, tok = lm
+    prompts = by_length(tok, PROMPTS)
+    budgets = [3, 9, 1, 6, 12]
+    free = hf_greedy(model, tok, prompts, 12)
+    got = G.generate_ids(model, tok, prompts, max_new_tokens=budgets, batch_size=8)
+    assert [r[0] for r in got] == [f[:b] for f, b in zip(free, budgets)]
+    alone = [G.generate_ids(model, tok, [p], max_new_tokens=[b], batch_size=1)[0] for p, b in zip(prompts, budgets)]
+    assert alone == got
