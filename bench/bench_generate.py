@@ -2,7 +2,8 @@
 
 Baseline: the plain recipe, one prompt at a time, `tokenizer(prompt)` then
 `model.generate(max_new_tokens, do_sample=False)`. Ours: pipeline.generate.generate_ids
-(length-sorted, left-padded batches, KV cache). Same model object, same prompts
+(length-sorted, left-padded batches, KV cache, rows leave the batch when they reach EOS).
+Same model object, same prompts
 (NTREX English -> Galician translation prompts), greedy. Tokens counted are the new
 tokens really generated (up to and including EOS), in both cases. Also reported: the
 share of prompts whose batched output equals the per-example output token for token.

@@ -153,31 +153,64 @@ def _plain_greedy(model) -> bool:
     return gc is not None and all(getattr(gc, k, None) in ok for k, ok in _GREEDY_PROCESSORS.items())
 
 
-def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, budgets: list[int], stop: set[int],
-            table: "_LineEnd | None") -> list[list[int]]:
-    """Greedy decoding of a left-padded batch that drops each row from the batch (and its KV
-    cache) as soon as it is done: a stop token, its own token budget (`budgets`, one a row)
-    reached, or its first line complete when `table` is given.
+# rows share their first tokens (the few-shot examples of in-context translation): computed once
+SHARED_PREFIX_MIN = 16
+
+
+def _shared_prefix(model, seqs: list[list[int]], budget: int) -> int:
+    """Tokens every row starts with, to run once for the whole batch (0: none worth sharing).
+
+    Every row keeps at least one token of its own. Not used where the sequence could outgrow
+    a sliding attention window: the window counts cache slots, padding included, and the
+    padding sits after the prefix instead of before it, so the windows would differ."""
+    if len(seqs) < 2:
+        return 0
+    n = min(map(len, seqs)) - 1
+    first = seqs[0]
+    shared = next((i for i in range(n) if any(s[i] != first[i] for s in seqs)), n)
+    if shared < SHARED_PREFIX_MIN:
+        return 0
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    if window and max(map(len, seqs)) + budget > window:
+        return 0
+    return shared
+
+
+def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], table: "_LineEnd | None",
+            pad: int) -> list[list[int]]:
+    """Greedy decoding of a batch of prompts (token ids) that drops each row from the batch (and
+    its KV cache) as soon as it is done: a stop token, its own token budget (`budgets`, one a
+    row) reached, or its first line complete when `table` is given.
 
     HF's generate keeps finished rows in the batch until the last one ends, so one long row
-    makes every row pay for its length; here a step costs only the rows still running. Same
-    inputs as generate's greedy search (position ids from the mask, cache positions, one
-    logit row per step), so the same tokens: tests compare the two.
+    makes every row pay for its length; here a step costs only the rows still running. The
+    prefix all rows share (_shared_prefix) is run once and its KV cache copied to every row.
+    Otherwise the inputs of generate's greedy search (left padding, position ids from the
+    mask, cache positions, one logit row per step), so the same tokens: tests compare the two.
     """
     from transformers import DynamicCache
 
-    n, width = ids.shape
-    out: list[list[int]] = [[] for _ in range(n)]
-    alive = torch.tensor([i for i in range(n) if budgets[i] > 0], dtype=torch.long)
+    out: list[list[int]] = [[] for _ in seqs]
+    alive = torch.tensor([i for i in range(len(seqs)) if budgets[i] > 0], dtype=torch.long)
     if len(alive) == 0:
         return out
-    ids, mask = ids[alive.to(ids.device)], mask[alive.to(ids.device)]
+    seqs = [seqs[i] for i in alive.tolist()]
     left = torch.tensor([budgets[i] for i in alive.tolist()])
+    device = _device(model)
     cache = DynamicCache(config=model.config)
-    stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=ids.device)
+    shared = _shared_prefix(model, seqs, int(left.max()))
+    if shared:
+        model(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
+              position_ids=torch.arange(shared, device=device)[None], cache_position=torch.arange(shared, device=device),
+              use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(len(seqs))
+    ids, mask = _left_pad([s[shared:] for s in seqs], pad)
+    ids, mask = ids.to(device), mask.to(device)
+    step_ids, position = ids, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1) + shared
+    mask = torch.cat([mask.new_ones((mask.shape[0], shared)), mask], dim=-1)
+    cache_position = torch.arange(shared, mask.shape[1], device=device)
+    stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=device)
     seen = torch.zeros(len(alive), dtype=torch.bool)
-    step_ids, position = ids, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    cache_position = torch.arange(width, device=ids.device)
     while True:
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
                        cache_position=cache_position, use_cache=True, logits_to_keep=1).logits[:, -1, :]
@@ -193,9 +226,9 @@ def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, budgets: list[int], st
             break
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
-            cache.batch_select_indices(keep.to(ids.device))
+            cache.batch_select_indices(keep.to(device))
             alive, seen, left = alive[keep], seen[keep], left[keep]
-            nxt, mask = nxt[keep.to(ids.device)], mask[keep.to(ids.device)]
+            nxt, mask = nxt[keep.to(device)], mask[keep.to(device)]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         step_ids, position = nxt[:, None], (mask.sum(-1, keepdim=True) - 1)
         cache_position = cache_position[-1:] + 1
@@ -228,14 +261,14 @@ def generate_ids(model, tok, prompts: list[str], *, max_new_tokens: int | list[i
     starts = range(0, len(order), batch_size)
     for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None)):
         idx = order[start:start + batch_size]
-        ids, mask = _left_pad([encoded[i] for i in idx], pad)
         torch.manual_seed(seed + b)
         n_rows = len(idx) * num_return_sequences
         extra = {} if table is None else {"stopping_criteria": StoppingCriteriaList([_StopAfterFirstLine(table, n_rows)])}
         with _TallHead(model):
             if not do_sample and num_return_sequences == 1 and _plain_greedy(model):
-                new = _greedy(model, ids.to(device), mask.to(device), [budgets[i] for i in idx], stop, table)
+                new = _greedy(model, [encoded[i] for i in idx], [budgets[i] for i in idx], stop, table, pad)
             else:
+                ids, mask = _left_pad([encoded[i] for i in idx], pad)
                 seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                       max_new_tokens=max(budgets[i] for i in idx),
                                       num_return_sequences=num_return_sequences, pad_token_id=pad, **sampling, **extra)

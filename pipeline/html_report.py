@@ -25,6 +25,9 @@ from pipeline.mt_eval import ERROR_DOC, ERROR_TYPES  # noqa: E402
 
 MAX_PANELS = 12  # small multiples per stage: beyond 12 panels a reader scrolls past them
 MAX_DELTA_BARS = 40
+# rows with a baseline that is not a method's: error shares (their own chart) and the tokenizer's
+# target-vs-English figures (fertility etc.), whose differences dwarf every method's delta
+NOT_METHOD_DELTAS = ("err.", "fertility_", "chars_per_token_", "byte_fallback_share_")
 ERROR_COLOURS = dict(zip(ERROR_TYPES, plt.get_cmap("tab10").colors))
 HUMAN_NOTE = ("System 'human' is the reference translation run through the same detectors: its shares "
               "(mostly the language identifier's own misses) are the floor under every system's.")
@@ -191,12 +194,17 @@ def plot_metric_panels(stage: str, rows: list[dict]) -> str | None:
     return _png(fig)
 
 
+def method_deltas(rows: Iterable[dict]) -> list[dict]:
+    """Rows whose delta is a method against its baseline (what the delta chart shows)."""
+    return [r for r in rows if r["delta"] is not None and not r["metric"].startswith(NOT_METHOD_DELTAS)]
+
+
 def plot_deltas(rows: list[dict]) -> str | None:
     """Improvement over each pack's own baseline (sign flipped where lower is better), one panel per stage.
 
     Stages have their own units (bits per byte, chrF points, accuracy), so each panel gets its own axis.
     """
-    rows = [r for r in rows if r["delta"] is not None and not r["metric"].startswith("err.")][:MAX_DELTA_BARS]
+    rows = method_deltas(rows)[:MAX_DELTA_BARS]
     if not rows:
         return None
     stages = list(dict.fromkeys(r["stage"] for r in rows))

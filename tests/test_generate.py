@@ -180,10 +180,9 @@ def test_greedy_drops_finished_rows_and_keeps_hf_tokens(lm):
     prompts = by_length(tok, PROMPTS)
     free = hf_greedy(model, tok, prompts, 20)
     stop = {free[0][2]}  # a token the first row emits third: that row finishes early
-    pad = tok.pad_token_id
-    ids, mask = G._left_pad([G._encode_prompt(tok, p) for p in prompts], pad)
     with torch.no_grad():
-        ours = G._greedy(model, ids, mask, [20] * len(prompts), stop, None)
+        ours = G._greedy(model, [G._encode_prompt(tok, p) for p in prompts], [20] * len(prompts), stop, None,
+                         tok.pad_token_id)
     want = hf_greedy(model, tok, prompts, 20, eos=stop)
     assert ours == want
     assert len(ours[0]) <= 3 and max(map(len, ours)) == 20  # finished at different steps: the batch shrank
@@ -211,3 +210,19 @@ def test_per_prompt_budgets_cut_each_row_and_do_not_depend_on_the_batch(lm):
     assert [r[0] for r in got] == [f[:b] for f, b in zip(free, budgets)]
     alone = [G.generate_ids(model, tok, [p], max_new_tokens=[b], batch_size=1)[0] for p, b in zip(prompts, budgets)]
     assert alone == got
+
+
+def test_shared_prefix_runs_once_and_gives_hf_tokens(lm):
+    """In-context prompts share their examples: computed once, copied to every row's cache."""
+    model, tok = lm
+    shots = "English: the house\nGalician: a casa\n"  # short: tiny-random's sliding window is 64 positions
+    prompts = by_length(tok, [shots + f"English: {p}\nGalician:" for p in PROMPTS])
+    seqs = [G._encode_prompt(tok, p) for p in prompts]
+    shared = G._shared_prefix(model, seqs, 8)
+    assert shared >= G.SHARED_PREFIX_MIN and all(s[:shared] == seqs[0][:shared] for s in seqs)
+    ours = G.generate_ids(model, tok, prompts, max_new_tokens=8, batch_size=8, stop_after_first_line=True)
+    assert [r[0] for r in ours] == hf_greedy(model, tok, prompts, 8, True)
+    assert G._shared_prefix(model, seqs[:1], 8) == 0  # one row: nothing to share
+    window = model.config.get_text_config().sliding_window
+    if window:  # a sequence that could outgrow the sliding window is not split
+        assert G._shared_prefix(model, seqs, window) == 0

@@ -208,3 +208,15 @@ def test_fmt_keeps_three_significant_digits():
 
     assert [fmt(v) for v in (3.135, 13.26, 198.84, 0.0579, -0.198, 22163.0, 0.0, None)] == \
         ["3.13", "13.3", "198.8", "0.0579", "-0.198", "22163", "0", "–"]
+
+
+def test_delta_chart_shows_method_deltas_only():
+    """Tokenizer target-vs-English rows and error shares have baselines but are not method deltas."""
+    from pipeline.html_report import method_deltas
+
+    rows = [row("nya", "language", "laft_eval", "bpb_target.laft", 2.9, baseline=3.1, higher_is_better=False),
+            row("nya", "language", "laft_eval", "fertility_target", 2.4, baseline=1.3, higher_is_better=False),
+            row("nya", "language", "laft_eval", "byte_fallback_share_target", 0.0, baseline=0.0),
+            row("nya", "language", "mt_errors", "err.copy.en-xx.base", 0.1, baseline=0.0),
+            row("nya", "language", "laft_eval", "bpb_target.base", 3.1)]
+    assert [r["metric"] for r in method_deltas(rows)] == ["bpb_target.laft"]
