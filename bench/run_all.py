@@ -13,7 +13,9 @@ activations 2N, N = all parameters) over the bf16 matmul peak measured here, and
 the best measured peak. The figures are only as quiet as the machine: the file records
 the load average before and after, and CPU-time rates beside wall-clock ones.
 
-    python bench/run_all.py [--steps 24] [--quick] [--scenarios sft lm] [--out reports/bench.json]
+    python bench/run_all.py [--steps 24] [--quick] [--scenarios sft lm] [--out reports/bench.json] [--dvc-root DIR]
+
+Exits non-zero, naming each failed benchmark, when any child fails (the report keeps its traceback).
 """
 
 from __future__ import annotations
@@ -131,6 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="3 steps, 8 held-out, sft only: checks the bench runs")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench.json")
+    parser.add_argument("--dvc-root", type=Path, default=ROOT,
+                        help="a repository whose graph is built (reports/scorecard.json): its no-op `dvc repro` is timed")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.eval, args.scenarios = 3, 8, ["sft"]
@@ -156,15 +160,24 @@ def main(argv=None) -> int:
               "matmul_peak": peaks, "settings": {"steps": args.steps, "batch": 8, "eval": args.eval,
                                                  "variants": VARIANTS, "targets": TARGETS},
               "train": train, "generate": gen, "summary": derive(train, gen, peaks, n_params)}
-    if (ROOT / "reports" / "scorecard.json").exists():  # the graph is built: time a no-op `dvc repro`
+    if (args.dvc_root / "reports" / "scorecard.json").exists():  # the graph is built: time a no-op `dvc repro`
         from bench_dvc import noop_repro_seconds
 
-        report["dvc"] = noop_repro_seconds(ROOT)
+        report["dvc"] = noop_repro_seconds(args.dvc_root) | {"root": str(args.dvc_root)}
         report["summary"]["dvc_noop_repro"] = {"median_s": report["dvc"]["dvc_noop_repro_s_median"],
                                                "meets_5s": report["dvc"]["dvc_noop_repro_s_median"] < 5.0}
     io.write_json(args.out, report)
     print(json.dumps(report["summary"], indent=2))
-    return 0
+    failed = failures(train, gen)
+    for name, last in failed.items():
+        print(f"error: bench {name} failed: {last} (details in {args.out})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def failures(train: dict, gen: dict) -> dict[str, str]:
+    """{benchmark: last line of its error} for every child that failed."""
+    runs = {f"train.{s}.{v}": r for s, rs in train.items() for v, r in rs.items()} | {"generate": gen}
+    return {name: (r["error"].strip().splitlines() or ["?"])[-1] for name, r in runs.items() if "error" in r}
 
 
 if __name__ == "__main__":
