@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-
 from pipeline.errors import PolyalignError
 from pipeline.packs import LanguagePack, Translator as TranslatorSpec
 from pipeline.paths import cache_dir, data_dir, repo_root, safe_join
