@@ -200,9 +200,9 @@ def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
     cache = DynamicCache(config=model.config)
     shared = _shared_prefix(model, seqs, int(left.max()))
     if shared:
+        positions = torch.arange(shared, device=device)
         model(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
-              position_ids=torch.arange(shared, device=device)[None], cache_position=torch.arange(shared, device=device),
-              use_cache=True, logits_to_keep=1)
+              position_ids=positions[None], cache_position=positions, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(len(seqs))
     ids, mask = _left_pad([s[shared:] for s in seqs], pad)
     ids, mask = ids.to(device), mask.to(device)
@@ -226,9 +226,10 @@ def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
             break
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
-            cache.batch_select_indices(keep.to(device))
             alive, seen, left = alive[keep], seen[keep], left[keep]
-            nxt, mask = nxt[keep.to(device)], mask[keep.to(device)]
+            keep = keep.to(device)
+            cache.batch_select_indices(keep)
+            nxt, mask = nxt[keep], mask[keep]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         step_ids, position = nxt[:, None], (mask.sum(-1, keepdim=True) - 1)
         cache_position = cache_position[-1:] + 1

@@ -21,13 +21,14 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never open a window, never need a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.laft import TOKENIZER_METRICS  # noqa: E402
 from pipeline.mt_eval import ERROR_DOC, ERROR_TYPES  # noqa: E402
 
 MAX_PANELS = 12  # small multiples per stage: beyond 12 panels a reader scrolls past them
 MAX_DELTA_BARS = 40
 # rows with a baseline that is not a method's: error shares (their own chart) and the tokenizer's
 # target-vs-English figures (fertility etc.), whose differences dwarf every method's delta
-NOT_METHOD_DELTAS = ("err.", "fertility_", "chars_per_token_", "byte_fallback_share_")
+NOT_METHOD_DELTAS = ("err.", *(f"{m}_" for m in TOKENIZER_METRICS))
 ERROR_COLOURS = dict(zip(ERROR_TYPES, plt.get_cmap("tab10").colors))
 HUMAN_NOTE = ("System 'human' is the reference translation run through the same detectors: its shares "
               "(mostly the language identifier's own misses) are the floor under every system's.")

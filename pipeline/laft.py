@@ -159,6 +159,11 @@ def is_byte_piece(token: str) -> bool:
     return bool(BYTE_PIECE.match(token))
 
 
+# tokenizer_stats' figures that compare a language with English (not a method with a baseline),
+# each with whether higher is better
+TOKENIZER_METRICS = {"fertility": False, "chars_per_token": True, "byte_fallback_share": False}
+
+
 def tokenizer_stats(tok, texts: Sequence[str]) -> dict[str, float]:
     """Fertility (tokens per whitespace word), characters per token and byte-fallback share
     (share of tokens that are <0xNN> byte pieces), summed over `texts`, special tokens excluded."""

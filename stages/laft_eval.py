@@ -23,7 +23,8 @@ from pathlib import Path
 
 from pipeline import io
 from pipeline.config import section
-from pipeline.laft import bits_per_byte, by_document, delta_bits_per_byte, tokenizer_stats, utf8_bytes
+from pipeline.laft import (TOKENIZER_METRICS, bits_per_byte, by_document, delta_bits_per_byte, tokenizer_stats,
+                           utf8_bytes)
 from pipeline.paths import cache_dir, data_dir, repo_root
 from pipeline.provenance import sha256_file, sha256_text, signature
 from pipeline.report import row, write_stage
@@ -140,7 +141,7 @@ def tokenizer_rows(pack: str, tok, rows: list[dict], metrics: dict) -> list[dict
     """Fertility, characters per token and byte-fallback share; target rows have English as baseline."""
     stats = {side: tokenizer_stats(tok, [r[field] for r in rows]) for side, field in SIDES.items()}
     out = []
-    for key, hib in (("fertility", False), ("chars_per_token", True), ("byte_fallback_share", False)):
+    for key, hib in TOKENIZER_METRICS.items():
         for side in ("english", "target"):
             metrics[f"{key}_{side}"] = stats[side][key]
             out.append(row(pack, "language", STAGE, f"{key}_{side}", stats[side][key], n=stats[side]["words"],

@@ -306,14 +306,19 @@ def flat(d: str, result: dict, comet: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the stage
+def sides(rows: list[dict], d: str) -> tuple[list[str], list[str]]:
+    """(sources, references) of direction `d`."""
+    en, tgt = [r["en"] for r in rows], [r["tgt"] for r in rows]
+    return (en, tgt) if d == "en-xx" else (tgt, en)
+
+
 def translate_all(backends: dict, pack: LanguagePack, rows: list[dict], check) -> dict[str, dict[str, list[str]]]:
     """{direction: {system: outputs}} (cached by pipeline.translate). Each system translates both
     directions in turn, so its model is loaded once, and is freed once that system is done."""
     hyps: dict[str, dict[str, list[str]]] = {d: {} for d in DIRS}
     for name, backend in backends.items():
         for d, direction in DIRS.items():
-            src = [r["en"] if d == "en-xx" else r["tgt"] for r in rows]
-            hyps[d][name] = Translator(pack, backend, lang_check=check).translate(src, direction).outputs
+            hyps[d][name] = Translator(pack, backend, lang_check=check).translate(sides(rows, d)[0], direction).outputs
         if hasattr(backend, "_model"):
             backend._model = None
     return hyps
@@ -332,8 +337,7 @@ def evaluate(pack: LanguagePack, cfg: dict, rows: list[dict], backends: dict, re
     report = {"metrics": {}, "rows": [], "details": {}, "tsv": [TSV_HEADER], "texts": {}}
     outputs_by_dir = translate_all(backends, pack, rows, check)
     for d, hyps in outputs_by_dir.items():
-        en, tgt = [r["en"] for r in rows], [r["tgt"] for r in rows]
-        src, ref = (en, tgt) if d == "en-xx" else (tgt, en)
+        src, ref = sides(rows, d)
         scripts = ("Latn", pack.script) if d == "en-xx" else (pack.script, "Latn")
         result = analyse(src, ref, hyps, reference=reference, src_script=scripts[0], tgt_script=scripts[1],
                          lang="tgt" if d == "en-xx" else "en", check=check, thresholds=thresholds,
