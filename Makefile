@@ -35,6 +35,8 @@ repro: system
 	$(BIN)/dvc repro
 
 test: system
+	@[ -d "$(POLYALIGN_MIRROR)" ] || echo "warning: POLYALIGN_MIRROR=$(POLYALIGN_MIRROR) does not exist: the tests that read \
+	the mirror will fail offline; clone next to shared/ or set POLYALIGN_MIRROR=/path/to/shared/mirror" >&2
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: install
