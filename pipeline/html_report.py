@@ -1,6 +1,6 @@
 """Render the cross-lingual scorecard as Markdown and as a self-contained HTML page with plots.
 
-Input is the scorecard contract (a list of rows, DESIGN.md) plus the domain-similarity
+Input is the scorecard contract (a list of rows, docs/contracts.md) plus the domain-similarity
 correlations computed by `compare`. Plots are matplotlib PNGs embedded as data URIs, so
 reports/index.html opens anywhere, offline, as one file. Tables pivot each stage to
 metric x pack: metric names of per-language stages use `xx` for the language (e.g.

@@ -43,7 +43,7 @@ _ZH = {"Hans", "Hant", "Hani"}
 def bleu_tokenizer(script: str) -> str:
     """sacrebleu tokenizer for a target script: 'zh' for Han, 'char' for unspaced scripts, else '13a'.
 
-    flores200's SentencePiece would suit every script but downloads its model (ASSETS.md).
+    flores200's SentencePiece would suit every script but downloads its model (docs/offline-assets.md).
     """
     return "zh" if script in _ZH else "char" if script in _CHAR_TOKENIZED else "13a"
 

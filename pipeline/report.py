@@ -1,4 +1,4 @@
-"""Stage outputs and scorecard rows (the DESIGN.md contracts).
+"""Stage outputs and scorecard rows (the docs/contracts.md contracts).
 
 Each stage writes, atomically:
 - `results/<pack>/<stage>.json`: flat numbers plus a `signature` string (DVC metrics);
@@ -64,7 +64,7 @@ def write_stage(pack: str, stage: str, metrics: dict, rows: list[dict], signatur
     io.write_json(metrics_path, flat_metrics(metrics, signature))
 
 
-LID_MIN_ACCURACY = 0.95  # DESIGN.md contract: a language identifier under this gets a note
+LID_MIN_ACCURACY = 0.95  # docs/contracts.md: a language identifier under this gets a note
 
 
 def lid_note(pack_id: str) -> str | None:

@@ -1,6 +1,6 @@
 """Resolve pack sources to verified local files, and read the formats they come in.
 
-Lookup order (DESIGN.md contract): the mirror directory in `POLYALIGN_MIRROR`, then
+Lookup order (docs/contracts.md): the mirror directory in `POLYALIGN_MIRROR`, then
 the cache in `POLYALIGN_CACHE`, then download into the cache. Every file is checked
 against its sha256 (a folder against the hash of its sorted file listing). Offline and
 missing gives one line naming the file and where to put it.

@@ -1,6 +1,6 @@
 """Text normalisation, NTREX access and language identification.
 
-Language identification is only as good as the identifier (DESIGN.md): each pack names
+Language identification is only as good as the identifier (docs/contracts.md): each pack names
 one (`lid.model`), and `data@<pack>` measures its accuracy on that pack's held-out
 sentences. The default, `ntrex-fasttext`, is trained by the `lid` stage on the NTREX
 train documents of all 128 NTREX languages, so it covers every NTREX pack and never
@@ -98,7 +98,7 @@ def identify(texts: list[str], pack) -> list[str]:
         detector = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
         return [detector.FindLanguage(t).language if t.strip() else "" for t in texts]
     model = _fasttext_model(str(lid_model_path(pack.lid.model)))
-    # one line at a time: fasttext 0.9.3 with numpy 1.x fails on list input (ASSETS.md)
+    # one line at a time: fasttext 0.9.3 with numpy 1.x fails on list input (docs/offline-assets.md)
     return [model.predict(" ".join(t.split()))[0][0].removeprefix("__label__") if t.strip() else ""
             for t in texts]
 

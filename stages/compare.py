@@ -1,7 +1,7 @@
 """compare: join the enabled packs' scorecards into the cross-lingual / cross-cultural report.
 
 Reads reports/packs/<pack>.json of every enabled language and culture pack (params.yaml)
-and writes reports/scorecard.json (the DESIGN.md contract: a list of rows),
+and writes reports/scorecard.json (the docs/contracts.md contract: a list of rows),
 reports/scorecard.md and reports/index.html (tables and plots). Every COMET row carries
 the note that raw COMET scores are not comparable across languages. Across language
 packs, the domain divergence of each adaptation corpus is correlated with chrF++.

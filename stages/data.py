@@ -3,7 +3,7 @@
 Writes data/<lang>/{train,dev,test}.jsonl (rows {doc, line, en, tgt}), data/<lang>/mono_train.txt
 (the pack's other monolingual text, cleaned of exact duplicates and of NTREX test sentences)
 and results/<lang>/data.json with sizes, source hashes and the language identifier's
-measured accuracy on the held-out sentences (DESIGN.md: at least 0.95, or metrics that
+measured accuracy on the held-out sentences (docs/contracts.md: at least 0.95, or metrics that
 depend on it carry a note).
 """
 

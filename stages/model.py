@@ -4,7 +4,7 @@ Writes `models/base.json`, the manifest every downstream stage depends on: the m
 name, cached folder, weight hashes, size, and *measured* tokenizer checks (segmentation
 of common words, NTREX round trip, English bits per byte). The weights stay in the
 cache (`POLYALIGN_CACHE`), not in DVC. A model whose checks fall outside the expectations
-in params.yaml `model.expect` fails the stage: ASSETS.md shows how a silently broken
+in params.yaml `model.expect` fails the stage: docs/offline-assets.md shows how a silently broken
 tokenizer costs 3.5x in bits per byte while still round-tripping text.
 """
 
@@ -52,7 +52,7 @@ def check(manifest: dict, expect: dict) -> None:
     limit = expect.get("english_bits_per_byte_max")
     if limit is not None and tok["english_bits_per_byte"] > limit:
         raise PolyalignError("params.yaml", field, f"English bits/byte {tok['english_bits_per_byte']:.2f} > {limit}",
-                             "the tokenizer or weights are wrong; see ASSETS.md tokenizer pitfall")
+                             "the tokenizer or weights are wrong; see docs/offline-assets.md on the tokenizer")
     if tok["round_trip"] < 1.0:
         raise PolyalignError("params.yaml", field, f"only {tok['round_trip']:.1%} of NTREX lines round-trip",
                              "the tokenizer loses text")

@@ -1,7 +1,7 @@
 """scorecard@<pack>: gather every stage's scorecard rows of one pack into reports/packs/<pack>.json.
 
 Each stage writes results/<pack>/<stage>.rows.json through pipeline.report.write_stage.
-This stage validates every row against the scorecard contract (DESIGN.md) and joins them;
+This stage validates every row against the scorecard contract (pipeline/report.py, docs/contracts.md) and joins them;
 a malformed row is a one-line error naming the file, the row and the field.
 """
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session", autouse=True)
 def _mirror():
-    """Tests read real data from the shared mirror (CI sets POLYALIGN_MIRROR; default: ../shared/mirror)."""
+    """Tests read real data through the resolver: the mirror in POLYALIGN_MIRROR (.ci/run sets it) when set."""
     if not os.environ.get("POLYALIGN_MIRROR"):
         default = REPO.parent / "shared" / "mirror"
         if default.exists():

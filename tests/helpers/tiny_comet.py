@@ -1,6 +1,6 @@
 """A tiny, random COMET regression model built locally, so tests run the real unbabel-comet code path.
 
-ASSETS.md: no COMET checkpoint is available offline, but COMET loads a checkpoint from a
+docs/offline-assets.md: no COMET checkpoint is available offline, but COMET loads a checkpoint from a
 local path and its encoder from a local folder. This builds a 2-layer XLM-R config with a
 SentencePiece tokenizer trained on a few hundred NTREX-like lines, wraps it in
 `comet.models.RegressionMetric(load_pretrained_weights=False)` and saves
