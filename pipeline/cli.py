@@ -193,9 +193,9 @@ def mirror_fetch(dest: Path = typer.Argument(..., help="mirror folder to create 
         specs = needed_specs(every_pack)
         for spec in specs:
             state = "listed" if dry_run else fetch_one(spec, dest.resolve())
-            console.print(f"{state:>15}  {mirror_path(spec) or f'pypi {spec.package}=={spec.version}/{spec.path}'}")
+            typer.echo(f"{state:>15}  {mirror_path(spec) or f'pypi {spec.package}=={spec.version}/{spec.path}'}")
         if not dry_run:
-            console.print(f"wrote {write_manifest(dest.resolve(), specs)}; use it with POLYALIGN_MIRROR={dest.resolve()}")
+            typer.echo(f"wrote {write_manifest(dest.resolve(), specs)}; use it with POLYALIGN_MIRROR={dest.resolve()}")
     except PolyalignError as exc:
         _fail(exc)
 

@@ -65,8 +65,22 @@ def needed_specs(every_pack: bool = False) -> list:
     params = load_params()
     specs = [s for kind, pid in wanted_packs(params, every_pack) for s in find_specs(load(kind, pid).model_dump())]
     specs += find_specs(params) + ntrex_specs(params)
-    unique = {s.model_dump_json(): s for s in specs}
-    return sorted(unique.values(), key=lambda s: (s.kind, mirror_path(s) or s.path))
+    unique = list({s.model_dump_json(): s for s in specs}.values())
+    _check_one_pin_per_path(unique)
+    return sorted(unique, key=lambda s: (s.kind, mirror_path(s) or f"{s.package}/{s.path}"))
+
+
+def _check_one_pin_per_path(specs: list) -> None:
+    """A mirror holds one version of each path: two different pins for one path cannot share it."""
+    seen = {}
+    for spec in specs:
+        rel = mirror_path(spec)
+        if rel is None:
+            continue
+        if rel in seen and seen[rel].sha256 != spec.sha256:
+            raise PolyalignError(rel, "sha256", "pinned at two different versions by the packs/params",
+                                 "pin one commit for that file everywhere")
+        seen.setdefault(rel, spec)
 
 
 def mirror_path(spec) -> str | None:
