@@ -1,4 +1,4 @@
-"""`polyalign`: packs, doctor and compare (typer + rich)."""
+"""`polyalign`: packs, mirror, doctor and compare (typer + rich)."""
 
 from __future__ import annotations
 
