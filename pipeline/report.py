@@ -9,13 +9,87 @@ Each stage writes, atomically:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pipeline import io
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline import io, stats
+from pipeline.errors import PolyalignError
 from pipeline.paths import results_dir
 
-ROW_KEYS = ("pack", "kind", "stage", "metric", "value", "ci_low", "ci_high", "baseline", "delta", "n",
-            "higher_is_better")
+SHARED = "_shared"  # the pack id of stages that run once (rm_train, maft, culture_sft_all)
+Verdict = Literal["better", "worse", "no difference shown", "underpowered"]
+OPTIONAL = ("note", "baseline_name", "delta_ci_low", "delta_ci_high", "verdict", "mde", "n_needed", "n_docs")
+
+
+class ScorecardRow(BaseModel):
+    """One row of the scorecard contract (docs/contracts.md). Comparison rows (a system against a
+    named baseline on the same items) also carry the paired interval of the delta and a verdict."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    pack: str = Field(min_length=1)
+    kind: Literal["language", "culture"]
+    stage: str = Field(min_length=1)
+    metric: str = Field(min_length=1)
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    baseline: float | None
+    delta: float | None
+    n: int | None = Field(ge=0)
+    higher_is_better: bool
+    note: str | None = None
+    baseline_name: str | None = None   # what `baseline` is: base, uniform, prior, copy-source, chance...
+    delta_ci_low: float | None = None  # paired interval of `delta` (same items, documents resampled)
+    delta_ci_high: float | None = None
+    verdict: Verdict | None = None     # pipeline.stats.verdict of the paired interval against `mde`
+    mde: float | None = Field(default=None, gt=0)      # minimal effect of interest (params stats.mde)
+    n_needed: int | None = Field(default=None, ge=0)   # about how many items would decide it
+    n_docs: int | None = Field(default=None, ge=0)     # documents (clusters) the n items come from
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.value is None and not self.note:
+            raise ValueError("value is null without a note saying why")
+        finite = [x for x in (self.value, self.ci_low, self.ci_high, self.baseline, self.delta,
+                              self.delta_ci_low, self.delta_ci_high) if x is not None]
+        if any(not math.isfinite(x) for x in finite):
+            raise ValueError("numbers must be finite (use null plus a note)")
+        expected = None if self.value is None or self.baseline is None else self.value - self.baseline
+        if self.delta is not None and (expected is None or abs(self.delta - expected) > 1e-6 * (1 + abs(self.delta))):
+            raise ValueError("delta must equal value - baseline")
+        for lo, hi, name in ((self.ci_low, self.ci_high, "ci"), (self.delta_ci_low, self.delta_ci_high, "delta_ci")):
+            if (lo is None) != (hi is None):
+                raise ValueError(f"{name}_low and {name}_high must both be set or both be null")
+            if lo is not None and lo > hi:
+                raise ValueError(f"{name}_low above {name}_high")
+        if self.delta_ci_low is not None and self.delta is not None and not (
+                self.delta_ci_low - 1e-9 <= self.delta <= self.delta_ci_high + 1e-9):
+            raise ValueError("delta lies outside its paired interval: compute both from the same statistic")
+        if self.verdict is not None and (self.delta_ci_low is None or self.mde is None):
+            raise ValueError("a verdict needs the paired interval (delta_ci_low/high) and mde")
+        return self
+
+
+def validate_rows(rows, file: str | Path) -> list[dict]:
+    """Validated rows as plain dicts (key order of the contract); PolyalignError on the first bad row."""
+    if not isinstance(rows, list):
+        raise PolyalignError(file, "(document)", "expected a list of scorecard rows", "write a JSON list")
+    out = []
+    for i, data in enumerate(rows):
+        try:
+            item = ScorecardRow.model_validate(data).model_dump(exclude_none=False)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            field = f"[{i}].{where}" if where else f"[{i}]"
+            problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            raise PolyalignError(file, field, problem, "see the scorecard contract in docs/contracts.md") from None
+        out.append({k: v for k, v in item.items() if not (k in OPTIONAL and v is None)})
+    return out
 
 
 def _num(x):
@@ -38,6 +112,44 @@ def row(pack: str, kind: str, stage: str, metric: str, value=None, *, ci=(None, 
     if note:
         out["note"] = note
     return out
+
+
+def comparison(pack: str, kind: str, stage: str, metric: str, value, baseline, *, delta_ci, n,
+               baseline_name: str, mde: float | None = None, higher_is_better: bool = True,
+               n_docs: int | None = None, ci=(None, None), note: str | None = None) -> dict:
+    """A row comparing a system with a named baseline on the same items.
+
+    delta_ci: (delta, low, high) from a paired pipeline.stats function (value - baseline);
+    mde: the minimal effect of interest (default: params.yaml stats.mde for stage/metric).
+    The row carries the verdict and about how many items would decide it."""
+    out = row(pack, kind, stage, metric, value, ci=ci, baseline=baseline, n=n,
+              higher_is_better=higher_is_better, note=note)
+    mde = mde_for(stage, metric) if mde is None else float(mde)
+    _, lo, hi = (_num(x) for x in delta_ci)
+    out |= {"baseline_name": baseline_name, "delta_ci_low": lo, "delta_ci_high": hi, "mde": mde,
+            "verdict": stats.verdict(out["delta"], lo, hi, mde, higher_is_better),
+            "n_needed": stats.n_needed(n, lo, hi, mde), "n_docs": None if n_docs is None else int(n_docs)}
+    if out["verdict"] is None:
+        out["delta_ci_low"] = out["delta_ci_high"] = None
+    return out
+
+
+@lru_cache(maxsize=1)
+def _mde_table() -> dict:
+    from pipeline.config import section
+    return section("stats").get("mde", {})
+
+
+def mde_for(stage: str, metric: str) -> float:
+    """The minimal effect of interest declared in params.yaml `stats.mde.<stage>` (a number, or a
+    mapping of metric -> number with an optional `default`)."""
+    entry = _mde_table().get(stage)
+    if isinstance(entry, dict):
+        entry = entry.get(metric, entry.get("default"))
+    if entry is None:
+        raise PolyalignError("params.yaml", f"stats.mde.{stage}", f"no minimal effect for metric '{metric}'",
+                             f"add stats.mde.{stage}.{metric} (or .default)")
+    return float(entry)
 
 
 def flat_metrics(metrics: dict, signature: str) -> dict:

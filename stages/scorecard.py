@@ -7,72 +7,15 @@ a malformed row is a one-line error naming the file, the row and the field.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline import io
 from pipeline.errors import PolyalignError
 from pipeline.packs import kind_of
 from pipeline.paths import repo_root, results_dir
+from pipeline.report import validate_rows
 
 KIND = {"languages": "language", "cultures": "culture"}
-
-
-class ScorecardRow(BaseModel):
-    """One row of the scorecard contract; `note` is the only optional key."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    pack: str = Field(min_length=1)
-    kind: Literal["language", "culture"]
-    stage: str = Field(min_length=1)
-    metric: str = Field(min_length=1)
-    value: float | None
-    ci_low: float | None
-    ci_high: float | None
-    baseline: float | None
-    delta: float | None
-    n: int | None = Field(ge=0)
-    higher_is_better: bool
-    note: str | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.value is None and not self.note:
-            raise ValueError("value is null without a note saying why")
-        finite = [x for x in (self.value, self.ci_low, self.ci_high, self.baseline, self.delta) if x is not None]
-        if any(not math.isfinite(x) for x in finite):
-            raise ValueError("numbers must be finite (use null plus a note)")
-        expected = None if self.value is None or self.baseline is None else self.value - self.baseline
-        if self.delta is not None and (expected is None or abs(self.delta - expected) > 1e-6 * (1 + abs(self.delta))):
-            raise ValueError("delta must equal value - baseline")
-        if (self.ci_low is None) != (self.ci_high is None):
-            raise ValueError("ci_low and ci_high must both be set or both be null")
-        if self.ci_low is not None and self.ci_low > self.ci_high:
-            raise ValueError("ci_low above ci_high")
-        return self
-
-
-def validate_rows(rows, file: str | Path) -> list[dict]:
-    """Validated rows as plain dicts (key order of the contract); PolyalignError on the first bad row."""
-    if not isinstance(rows, list):
-        raise PolyalignError(file, "(document)", "expected a list of scorecard rows", "write a JSON list")
-    out = []
-    for i, data in enumerate(rows):
-        try:
-            out.append(ScorecardRow.model_validate(data).model_dump(exclude_none=False))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            field = f"[{i}].{where}" if where else f"[{i}]"
-            problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-            raise PolyalignError(file, field, problem, "see the scorecard contract in DESIGN.md") from None
-        if out[-1]["note"] is None:
-            del out[-1]["note"]
-    return out
 
 
 def pack_scorecard_path(pack: str) -> Path:

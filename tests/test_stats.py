@@ -1,0 +1,62 @@
+"""pipeline/stats.py: intervals, verdicts and document-stratified sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sacrebleu
+
+from pipeline import stats
+
+
+def test_wilson_has_width_at_the_boundaries():
+    p, lo, hi = stats.wilson_ci(0, 12)
+    assert p == 0 and lo == 0 and 0.2 < hi < 0.3          # 0/12: upper bound ~0.24, not 0
+    p, lo, hi = stats.wilson_ci(12, 12)
+    assert p == 1 and hi == 1 and 0.7 < lo < 0.8
+
+
+def test_verdicts():
+    assert stats.verdict(0.5, 0.1, 0.9, mde=0.2) == "better"
+    assert stats.verdict(0.5, 0.1, 0.9, mde=0.2, higher_is_better=False) == "worse"
+    assert stats.verdict(-0.05, -0.1, 0.0 + 0.02, mde=0.2) == "no difference shown"
+    assert stats.verdict(0.1, -0.5, 0.7, mde=0.2) == "underpowered"
+    assert stats.verdict(None, None, None, mde=0.2) is None
+
+
+def test_n_needed_scales_with_the_square_of_the_half_width():
+    assert stats.n_needed(12, -1.0, 1.0, mde=0.5) == 48
+
+
+def test_stratified_sample_spans_documents_and_keeps_order():
+    items = [(d, i) for d in range(10) for i in range(20)]
+    picked = stats.stratified_sample(items, lambda x: x[0], 24, seed=0)
+    assert len(picked) == 24 and len({d for d, _ in picked}) == 10
+    assert picked == sorted(picked)
+    assert picked != items[:24]
+    assert stats.stratified_sample(items, lambda x: x[0], 24, seed=0) == picked   # seeded
+
+
+def test_identical_systems_have_a_zero_delta():
+    a = np.random.default_rng(0).normal(size=40)
+    d, lo, hi = stats.paired_delta(a, a, clusters=np.repeat(np.arange(8), 5))
+    assert d == lo == hi == 0
+
+
+def test_corpus_stats_reproduce_sacrebleu_and_resample_by_document():
+    hyps = ["the cat sat on the mat", "a dog barked loudly", "rain fell all day", "he left early"]
+    refs = ["the cat sat on a mat", "the dog barked", "it rained all day", "he went home early"]
+    metric = sacrebleu.CHRF(word_order=2)
+    s, score = stats.sacrebleu_stats(metric, hyps, refs)
+    assert score(s.sum(0)) == pytest.approx(metric.corpus_score(hyps, [refs]).score)
+    est, lo, hi = stats.corpus_ci(score, s, clusters=[0, 0, 1, 1], n_boot=200)
+    assert lo <= est <= hi
+
+
+def test_cluster_interval_is_wider_than_iid_when_documents_are_correlated():
+    rng = np.random.default_rng(1)
+    docs = np.repeat(np.arange(6), 15)
+    x = rng.normal(size=6)[docs] + 0.2 * rng.normal(size=docs.size)
+    _, lo_c, hi_c = stats.cluster_bootstrap_ci(x, docs)
+    _, lo_i, hi_i = stats.cluster_bootstrap_ci(x, None)
+    assert hi_c - lo_c > 2 * (hi_i - lo_i)
