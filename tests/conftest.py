@@ -1,4 +1,7 @@
-"""Shared fixtures: the data mirror, and throwaway copies of the repository."""
+"""Shared fixtures: throwaway copies of the repository.
+
+Tests read real data through the resolver (mirror in POLYALIGN_MIRROR, then the cache, then a
+download); .ci/run names the CI machine's mirror."""
 
 from __future__ import annotations
 
@@ -10,16 +13,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _mirror():
-    """Tests read real data through the resolver: the mirror in POLYALIGN_MIRROR (.ci/run sets it) when set."""
-    if not os.environ.get("POLYALIGN_MIRROR"):
-        default = REPO.parent / "shared" / "mirror"
-        if default.exists():
-            os.environ["POLYALIGN_MIRROR"] = str(default)
-    yield
 
 
 def tracked_files(root: Path = REPO) -> list[str]:
