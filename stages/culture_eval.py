@@ -70,6 +70,7 @@ BASELINE_NOTES = {
     "prior": "the culture's mean training-item distribution on the same answer scale",
     "reference": "the reference culture's real answers",
 }
+BLEND_CHANCE = "chance: each question answered with another question's most voted answer (seeded)"
 
 
 # --------------------------------------------------------------------------- systems
@@ -241,6 +242,21 @@ def value_row(pack_id: str, metric: str, values, clusters, note: str | None) -> 
     return row(pack_id, "culture", STAGE, metric, est, ci=(lo, hi), n=n, higher_is_better=HIGHER[name], note=note)
 
 
+def widen_for_proportions(d: tuple, a: np.ndarray, b: np.ndarray) -> tuple:
+    """For 0/1 scores on both sides (shape [n]), the union of the paired bootstrap interval and
+    Newcombe's hybrid score interval for p_a - p_b (his method 10, from the two Wilson intervals).
+    Why: when every pair agrees (4 BLEnD questions all wrong) the bootstrap has zero width and
+    would read "no difference shown"; Newcombe's is sound at 0/n. It ignores the pairing, so it
+    is wider than a paired interval when the two systems' errors are positively correlated."""
+    if not (set(np.unique(a)) <= {0.0, 1.0} and set(np.unique(b)) <= {0.0, 1.0}):
+        return d
+    pa, la, ua = stats.wilson_ci(float(a.sum()), a.size)
+    pb, lb, ub = stats.wilson_ci(float(b.sum()), b.size)
+    lo = pa - pb - float(np.hypot(pa - la, ub - pb))
+    hi = pa - pb + float(np.hypot(ua - pa, pb - lb))
+    return d[0], min(lo, d[1]) if np.isfinite(d[1]) else lo, max(hi, d[2]) if np.isfinite(d[2]) else hi
+
+
 def compare_row(pack_id: str, metric: str, system: str, baseline: str, a, b, clusters, note: str) -> dict:
     """report.comparison of system vs baseline on the items both can score (paired, by battery)."""
     name = f"{metric}_{system}_vs_{baseline}"
@@ -253,7 +269,7 @@ def compare_row(pack_id: str, metric: str, system: str, baseline: str, a, b, clu
     cl = None if clusters is None else [c for c, k in zip(clusters, keep) if k]
     if not keep.any():
         return compare_row(pack_id, metric, system, baseline, None, None, clusters, note)
-    d = stats.paired_delta(x[keep], y[keep], cl)
+    d = widen_for_proportions(stats.paired_delta(x[keep], y[keep], cl), x[keep], y[keep])
     out = comparison(pack_id, "culture", STAGE, name, float(x[keep].mean()), float(y[keep].mean()), delta_ci=d,
                      n=int(keep.sum()), mde=mde, baseline_name=baseline, higher_is_better=HIGHER[metric],
                      n_docs=len(set(cl)) if cl else None, note=note)
@@ -305,7 +321,7 @@ def blend_rows(pack_id: str, scores: dict, prompts: dict, notes: dict) -> list[d
         metric = f"blend_acc_{lang}"
         for who in (*SYSTEMS, "chance"):
             vals = scores.get(who, {}).get(metric) if lang in prompts else None
-            note = notes.get(metric) or notes.get(who) or (BASELINE_NOTES.get(who) if who == "chance" else None)
+            note = notes.get(metric) or notes.get(who) or (BLEND_CHANCE if who == "chance" else None)
             rows.append(wilson_row(pack_id, f"{metric}_{who}", vals, note))
         if lang not in prompts:
             continue

@@ -422,3 +422,15 @@ def test_all_cultures_training_rows_are_shared():
     rows = S.train_rows(S.SHARED, {"examples": 10, "final_loss": 1.5}, "distribution", "culture_sft_all")
     assert {r["pack"] for r in rows} == {"_shared"} and {r["stage"] for r in rows} == {"culture_sft_all"}
     assert next(r for r in rows if r["metric"] == "examples")["note"] == "target: distribution"
+
+
+def test_proportion_deltas_are_not_flat_when_every_pair_agrees():
+    from stages import culture_eval as E
+
+    zeros = np.zeros(4)
+    d, lo, hi = E.widen_for_proportions(E.stats.paired_delta(zeros, zeros), zeros, zeros)
+    assert d == 0.0 and lo < -0.4 and hi > 0.4  # bootstrap alone: [0, 0], i.e. "no difference shown"
+    row = E.compare_row("gr", "blend_acc_en", "culture", "chance", [0.0] * 4, [0.0] * 4, None, "n")
+    assert row["verdict"] == "underpowered" and row["n_needed"] > 4
+    d, lo, hi = E.widen_for_proportions((0.1, -0.1, 0.3), np.array([0.5, 1.0]), np.array([0.2, 0.4]))
+    assert (d, lo, hi) == (0.1, -0.1, 0.3)  # not 0/1 data: unchanged
