@@ -10,6 +10,7 @@ respondents and are skipped. Everything here is pure and small; the stages do th
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import unicodedata
@@ -152,29 +153,86 @@ def natural_key(item_id: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", item_id)]
 
 
-def split_items(item_ids, heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(train, held-out) item ids: a seeded shuffle of the sorted ids, the first
-    round(fraction * n) held out (at least one item each side when n >= 2). Depends only on
-    the id set and the seed, so packs sharing the seed share the split."""
-    ids = sorted(set(item_ids), key=natural_key)
-    order = ids[:]
-    random.Random(seed).shuffle(order)
-    n_held = min(max(round(heldout_fraction * len(ids)), 1), max(len(ids) - 1, 0)) if len(ids) > 1 else 0
-    held = set(order[:n_held])
-    return [i for i in ids if i not in held], [i for i in ids if i in held]
+# WVS asks items in batteries: one stem ("How frequently do the following things occur in your
+# neighborhood: ...") and one answer scale, then a list of endings. An item whose battery sibling
+# was trained on is not held out, so the split is by battery. Siblings are items with the same
+# listed options whose questions open with the same MIN_STEM_WORDS words. Measured on WVQ.csv:
+# pairs with the same options that are not siblings share at most 1 opening word (Q40/Q41
+# "work"); the shortest sibling stem is 4 words (Q33/Q34 "When jobs are scarce"), the WVS
+# batteries 10-20 (Q132-138, Q122-129, Q224-233, Q196-198). No adjacency is required, so Q29/Q31
+# ("On the whole, men make better ... than women do") are siblings although Q30 sits between.
+MIN_STEM_WORDS = 3
+SPLIT_SALT = "wvs_battery_split_v1"  # versioned: changing how batteries are ordered changes the split
+
+
+def stem_length(a: str, b: str) -> int:
+    """Number of leading words two questions share (case and punctuation ignored)."""
+    n = 0
+    for x, y in zip(re.findall(r"\w+", a.lower()), re.findall(r"\w+", b.lower())):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def batteries(items: dict[str, Item]) -> dict[str, str]:
+    """item id -> battery id (the battery's first item id in survey order). Siblings (same
+    options, stem of MIN_STEM_WORDS+ words) are joined transitively (union-find)."""
+    ids = sorted(items, key=natural_key)
+    parent = {i: i for i in ids}
+
+    def root(i: str) -> str:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for k, a in enumerate(ids):
+        for b in ids[k + 1:]:
+            if items[a].listed == items[b].listed and \
+                    stem_length(items[a].question, items[b].question) >= MIN_STEM_WORDS:
+                parent[root(b)] = root(a)  # roots stay the earliest id: a precedes b
+    return {i: root(i) for i in ids}
+
+
+def battery_order(battery_ids, seed: int) -> list[str]:
+    """Batteries in a seeded order that depends only on each battery's id, the seed and the salt."""
+    key = lambda b: hashlib.sha256(f"{SPLIT_SALT}:{seed}:{b}".encode()).hexdigest()  # noqa: E731
+    return sorted(set(battery_ids), key=key)
+
+
+def split_items(battery_of: dict[str, str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, held-out) item ids, whole batteries on each side. Batteries are visited in
+    battery_order; each joins the held-out side when it still fits in round(fraction * n) items,
+    so the held-out side never exceeds that (it can fall short when big batteries do not fit).
+    At least one battery each side when there are two or more. Depends only on the batteries
+    and the seed, so packs sharing the seed share the split."""
+    ids = sorted(battery_of, key=natural_key)
+    size: dict[str, int] = {}
+    for i in ids:
+        size[battery_of[i]] = size.get(battery_of[i], 0) + 1
+    order = battery_order(size, seed)
+    target = round(heldout_fraction * len(ids))
+    held: set[str] = set()
+    for b in order:
+        if sum(size[h] for h in held) + size[b] <= target and len(held) < len(order) - 1:
+            held.add(b)
+    if not held and len(order) > 1:
+        held.add(min(order[:-1], key=lambda b: size[b]))  # fraction too small for any battery
+    return [i for i in ids if battery_of[i] not in held], [i for i in ids if battery_of[i] in held]
 
 
 def build_targets(items: dict[str, Item], rows: list[dict], heldout_fraction: float, seed: int) -> list[dict]:
     """Per item: the item, its counts and distribution for this country, and its split.
     Items nobody in this country answered keep their split name but get `usable: False`."""
-    train, held = split_items(items, heldout_fraction, seed)
+    battery_of = batteries(items)
+    train, held = split_items(battery_of, heldout_fraction, seed)
     split = {**{i: "train" for i in train}, **{i: "heldout" for i in held}}
     out = []
     for item_id in sorted(items, key=natural_key):
         item = items[item_id]
         c = item_counts(rows, item)
         out.append({**item.to_json(), **c, "dist": normalise(c["counts"]).tolist(),
-                    "split": split[item_id], "usable": c["n"] > 0})
+                    "split": split[item_id], "battery": battery_of[item_id], "usable": c["n"] > 0})
     return out
 
 
@@ -246,6 +304,55 @@ def nested_pairs(token_ids: list[list[int]]) -> list[tuple[int, int]]:
     """(a, b) pairs where token sequence b strictly extends token sequence a."""
     return [(a, b) for a, ta in enumerate(token_ids) for b, tb in enumerate(token_ids)
             if a != b and len(tb) > len(ta) and tb[:len(ta)] == ta]
+
+
+# --------------------------------------------------------------------------- trivial baselines
+def uniform_dist(k: int) -> np.ndarray:
+    """Every option equally likely, shape [k]."""
+    return np.full(k, 1.0 / k)
+
+
+def scale_prior(target: dict, train: list[dict]) -> tuple[np.ndarray, str]:
+    """The culture's own answer habit on this answer scale: the mean distribution (shape [K]) of
+    its usable training items with the same listed options ('scale'). A held-out battery often
+    has a scale no training item shares (a battery carries its own scale); then the training
+    items with the same codes ('codes', e.g. any 1-4 scale), else uniform ('uniform')."""
+    usable = [t for t in train if t["split"] == "train" and t["usable"]]
+    for how, same in (("scale", lambda t: t["listed"] == target["listed"]),
+                      ("codes", lambda t: t["codes"] == target["codes"])):
+        pool = [np.asarray(t["dist"], dtype=float) for t in usable if same(t)]
+        if pool:
+            return np.mean(pool, axis=0), how
+    return uniform_dist(len(target["codes"])), "uniform"
+
+
+def chance_hit(real_p) -> float:
+    """Expected modal_hit of an answer drawn uniformly from the K options: modes / K."""
+    real = np.asarray(real_p, dtype=float)
+    return float(np.isclose(real, real.max()).sum() / real.size)
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A seeded permutation of range(n) with no fixed point (n >= 2; [0] for n == 1)."""
+    rng = random.Random(seed)
+    if n < 2:
+        return list(range(n))
+    while True:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        if all(i != p for i, p in enumerate(perm)):
+            return perm
+
+
+def blend_chance_answers(questions: list[dict], local: bool, seed: int) -> list[str]:
+    """BLEnD's chance baseline: each question answered with another question's most voted answer
+    (a seeded derangement), so the answer is a plausible one of this culture, not of this
+    question. Scored with blend_correct like every system's answer."""
+    def top(q):
+        ann = max(q["answers"], key=lambda a: a.get("count", 0))
+        pool = (ann.get("answers") if local else None) or ann.get("en_answers") or ann.get("answers") or [""]
+        return pool[0]
+    return [top(questions[j]) for j in derangement(len(questions), seed)]
 
 
 # --------------------------------------------------------------------------- BLEnD
@@ -552,3 +659,63 @@ def synonym_variants(text: str, wordnet: WordNet, rng: random.Random, n: int, ma
         if sentence != text and sentence not in out:
             out.append(sentence)
     return out
+
+
+# --------------------------------------------------------------------------- files the stages share
+ALL = "culture_all"  # models/culture_all/: the model tuned on all enabled cultures
+
+
+def culture_data_dir(pack_id: str) -> Path:
+    """data/_culture/<C>/: a folder only culture_augment writes to, so that culture_sft_all can
+    depend on exactly the enabled cultures' sets (DVC cannot list `${cultures}` in deps)."""
+    from pipeline.paths import repo_root
+
+    return repo_root() / "data" / "_culture" / pack_id
+
+
+def targets_path(pack_id: str) -> Path:
+    return culture_data_dir(pack_id) / "culture_targets.json"
+
+
+def aug_path(pack_id: str) -> Path:
+    return culture_data_dir(pack_id) / "culture_aug.jsonl"
+
+
+def pack_origin(pack_id: str) -> str:
+    from pipeline.paths import repo_root
+
+    return str(repo_root() / "cultures" / f"{pack_id}.yaml")
+
+
+def survey_targets(pack) -> list[dict]:
+    """Per-item counts, distribution, battery and split for the pack's country (build_targets)."""
+    from pipeline.sources import read
+
+    origin = pack_origin(pack.id)
+    items = select_items(parse_wvq(read(pack.survey.questions, origin=origin)), pack.survey.items, origin)
+    rows = read(pack.survey.answers, origin=origin)
+    return build_targets(items, rows, pack.survey.heldout_fraction, pack.survey.split_seed)
+
+
+def read_inputs(pack_id: str) -> tuple[list[dict], list[dict]]:
+    """(targets, augmented questions) that culture_augment@<C> wrote."""
+    from pipeline import io
+
+    for path in (targets_path(pack_id), aug_path(pack_id)):
+        if not path.exists():
+            raise PolyalignError(path, "(file)", "missing", f"run `dvc repro culture_augment@{pack_id}` first")
+    return io.read_json(targets_path(pack_id)), io.read_jsonl(aug_path(pack_id))
+
+
+def model_dir(pack_id: str) -> Path:
+    """models/<C>/culture_sft, or models/culture_all for the all-cultures model."""
+    from pipeline.paths import repo_root
+
+    return repo_root() / "models" / (ALL if pack_id == ALL else f"{pack_id}/culture_sft")
+
+
+def base_model(sft_cfg: dict) -> str:
+    """culture.sft.base, or model.base when it is null."""
+    from pipeline.config import section
+
+    return sft_cfg.get("base") or section("model")["base"]

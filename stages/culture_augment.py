@@ -1,8 +1,10 @@
 """culture_augment@<culture>: survey targets, train/held-out split, CultureLLM-style augmentation.
 
 1. Targets: for every survey item, this country's answer distribution over the item's options
-   from the World Values Survey respondents (missing codes excluded; counts kept), and the
-   pack's fixed train/held-out item split -> data/_culture/<C>/culture_targets.json.
+   from the World Values Survey respondents (missing codes excluded; counts kept), its WVS
+   battery (items sharing a stem and an answer scale, pipeline.culture.batteries) and the pack's
+   fixed train/held-out split, whole batteries on each side (pipeline.culture.split_items)
+   -> data/_culture/<C>/culture_targets.json.
 2. Semantic augmentation of each TRAINING item (Li et al. 2024, CultureLLM): the generator
    model (`culture.augment.generator`, default `model.base`) samples k paraphrases of the seed
    question; those whose cosine similarity to the seed reaches the threshold (0.8 in the
@@ -35,7 +37,7 @@ from pipeline import culture as C
 from pipeline import io
 from pipeline.config import section
 from pipeline.packs import CulturePack, Source, load_culture
-from pipeline.paths import cache_dir, repo_root
+from pipeline.paths import cache_dir
 from pipeline.provenance import sha256_file, sha256_text, signature
 from pipeline.report import row, write_stage
 from pipeline.sources import read, resolve
@@ -45,31 +47,9 @@ STAGE = "culture_augment"
 
 
 # --------------------------------------------------------------------------- paths and inputs
-def culture_data_dir(pack_id: str) -> Path:
-    """data/_culture/<C>/: a folder only culture_augment writes to, so that culture_sft_all can
-    depend on exactly the enabled cultures' sets (DVC cannot list `${cultures}` in deps)."""
-    return repo_root() / "data" / "_culture" / pack_id
-
-
-def targets_path(pack_id: str) -> Path:
-    return culture_data_dir(pack_id) / "culture_targets.json"
-
-
-def aug_path(pack_id: str) -> Path:
-    return culture_data_dir(pack_id) / "culture_aug.jsonl"
-
-
-def pack_origin(pack_id: str) -> str:
-    return str(repo_root() / "cultures" / f"{pack_id}.yaml")
-
-
-def survey_targets(pack: CulturePack) -> list[dict]:
-    """Per-item counts, distribution and split for the pack's country (pipeline.culture.build_targets)."""
-    origin = pack_origin(pack.id)
-    items = C.parse_wvq(read(pack.survey.questions, origin=origin))
-    items = C.select_items(items, pack.survey.items, origin)
-    rows = read(pack.survey.answers, origin=origin)
-    return C.build_targets(items, rows, pack.survey.heldout_fraction, pack.survey.split_seed)
+# shared with culture_sft and culture_eval, so they live in pipeline.culture
+culture_data_dir, targets_path, aug_path = C.culture_data_dir, C.targets_path, C.aug_path
+pack_origin, survey_targets = C.pack_origin, C.survey_targets
 
 
 def respondents(pack: CulturePack) -> int:
@@ -211,6 +191,8 @@ def target_metrics(targets: list[dict]) -> dict:
             "items_train": sum(t["split"] == "train" and t["usable"] for t in targets),
             "items_heldout": sum(t["split"] == "heldout" and t["usable"] for t in targets),
             "items_repaired": sum(t["repaired"] for t in targets),
+            "batteries_train": len({t["battery"] for t in targets if t["split"] == "train"}),
+            "batteries_heldout": len({t["battery"] for t in targets if t["split"] == "heldout"}),
             "answers_counted": sum(t["n"] for t in targets),
             "answers_missing": sum(t["missing"] for t in targets),
             "answers_invalid": sum(t["invalid"] for t in targets)}
@@ -221,6 +203,9 @@ def stage_rows(pack_id: str, metrics: dict, per_seed: list[int]) -> list[dict]:
     gen = metrics["paraphrase_generated"]
     rows = [
         row(pack_id, "culture", STAGE, "respondents", metrics["respondents"], n=metrics["respondents"]),
+        row(pack_id, "culture", STAGE, "heldout_items", metrics["items_heldout"], n=metrics["items_heldout"],
+            note=f"usable held-out items in {metrics['batteries_heldout']} WVS batteries (split by battery; "
+                 f"{metrics['items_train']} training items in {metrics['batteries_train']})"),
         row(pack_id, "culture", STAGE, "augmented_per_seed", value, ci=(lo, hi), n=len(per_seed),
             note=None if per_seed else "no training seed"),
         row(pack_id, "culture", STAGE, "paraphrase_keep_rate", metrics["paraphrase_kept"] / gen if gen else None,

@@ -16,8 +16,8 @@ Training target (`culture.sft.target`):
 (each example keeps its own culture's system prompt), leaving out every item that any enabled
 culture holds out, so no culture's held-out question is seen. Writes
 models/<C>/culture_sft/{adapter/, curve.tsv} and results/<C>/culture_sft.{json,rows.json};
---all writes models/culture_all/{adapter/, curve.tsv} and results/_shared/culture_sft_all.json
-(no scorecard rows: culture_eval@<C> scores it per culture).
+--all writes models/culture_all/{adapter/, curve.tsv} and results/_shared/culture_sft_all.{json,
+rows.json} (its training rows, pack `_shared`; culture_eval@<C> scores it per culture).
 """
 
 from __future__ import annotations
@@ -32,33 +32,17 @@ from pipeline.errors import PolyalignError
 from pipeline.packs import CulturePack, load_culture
 from pipeline.paths import repo_root
 from pipeline.provenance import sha256_file, signature
-from pipeline.report import row, write_stage
-from stages.culture_augment import aug_path, targets_path
+from pipeline.report import SHARED, row, write_stage
 
 STAGE = "culture_sft"
-ALL = "culture_all"  # models/culture_all/: the model tuned on all enabled cultures
-SHARED = "_shared"  # results/_shared/: stages that belong to no single pack (as maft)
+ALL = C.ALL  # models/culture_all/: the model tuned on all enabled cultures
 OWN_KEYS = {"base", "target"}  # culture.sft keys that are not pipeline.train settings
-
-
-def model_dir(pack_id: str) -> Path:
-    """models/<C>/culture_sft, or models/culture_all for the all-cultures model."""
-    return repo_root() / "models" / (ALL if pack_id == ALL else f"{pack_id}/{STAGE}")
-
-
-def base_model(cfg: dict) -> str:
-    return cfg.get("base") or section("model")["base"]
+model_dir, base_model, read_inputs = C.model_dir, C.base_model, C.read_inputs
+aug_path, targets_path = C.aug_path, C.targets_path
 
 
 def train_cfg(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in OWN_KEYS}
-
-
-def read_inputs(pack_id: str) -> tuple[list[dict], list[dict]]:
-    for path in (targets_path(pack_id), aug_path(pack_id)):
-        if not path.exists():
-            raise PolyalignError(path, "(file)", "missing", f"run `dvc repro culture_augment@{pack_id}` first")
-    return io.read_json(targets_path(pack_id)), io.read_jsonl(aug_path(pack_id))
 
 
 def answers_for(target: dict, n: int, mode: str, rng: random.Random) -> list[int]:
@@ -103,12 +87,12 @@ def train(base: str, examples: list[dict], out: Path, cfg: dict) -> dict:
         return train_causal_lm(base, pairs, tmp, train_cfg(cfg))
 
 
-def train_rows(pack: str, metrics: dict) -> list[dict]:
-    """Cost and fit rows for the scorecard (no CI: one training run)."""
+def train_rows(pack: str, metrics: dict, target: str, stage: str = STAGE) -> list[dict]:
+    """Cost and fit rows for the scorecard (no CI: one training run); each names the target mode."""
     spec = [("examples", True), ("train_tokens", True), ("final_loss", False), ("tokens_per_s", True),
             ("wall_s", False)]
-    return [row(pack, "culture", STAGE, key, metrics.get(key), higher_is_better=hib,
-                note=None if metrics.get(key) is not None else "not reported by the trainer")
+    return [row(pack, "culture", stage, key, metrics.get(key), higher_is_better=hib,
+                note=f"target: {target}" if metrics.get(key) is not None else "not reported by the trainer")
             for key, hib in spec]
 
 
@@ -122,7 +106,7 @@ def run(pack_id: str) -> None:
     sig = signature(stage=STAGE, pack=pack_id, base=base, cfg=cfg, target=cfg["target"],
                     templates={k: pack.templates[k].id for k in ("system", "survey")},
                     aug=sha256_file(aug_path(pack_id))[:12])
-    write_stage(pack_id, STAGE, metrics, train_rows(pack_id, metrics), sig)
+    write_stage(pack_id, STAGE, metrics, train_rows(pack_id, metrics, cfg["target"]), sig)
 
 
 def heldout_anywhere(culture_ids: list[str]) -> set[str]:
@@ -144,7 +128,8 @@ def run_all() -> None:
     metrics = {"examples": len(examples), "cultures": len(cultures), "items_excluded": len(exclude), **metrics}
     sig = signature(stage="culture_sft_all", cultures=",".join(cultures), base=base, cfg=cfg,
                     **{f"aug_{c}": sha256_file(aug_path(c))[:12] for c in cultures})
-    write_stage(SHARED, "culture_sft_all", metrics, [], sig)  # scored per culture by culture_eval
+    # training rows once, under _shared; its held-out scores are per culture (culture_eval@<C>)
+    write_stage(SHARED, "culture_sft_all", metrics, train_rows(SHARED, metrics, cfg["target"], "culture_sft_all"), sig)
 
 
 if __name__ == "__main__":

@@ -77,14 +77,59 @@ def test_item_counts_excludes_missing_and_summary_rows():
 
 
 # --------------------------------------------------------------------------- split
-def test_split_is_deterministic_disjoint_and_sized():
-    ids = [f"Q{i}" for i in range(1, 51)]
-    train, held = C.split_items(ids, 0.3, seed=7)
-    assert (train, held) == C.split_items(list(reversed(ids)), 0.3, seed=7)
-    assert len(held) == 15 and len(train) == 35 and not set(train) & set(held)
-    assert set(train) | set(held) == set(ids)
-    assert C.split_items(ids, 0.3, seed=8)[1] != held
-    assert C.split_items(["Q1", "Q2"], 0.01, seed=0)[1] and C.split_items(["Q1", "Q2"], 0.99, seed=0)[0]
+AGREE = ((1, "Agree"), (2, "Disagree"))
+OFTEN = ((1, "Often"), (2, "Sometimes"), (3, "Never"))
+
+
+def _toy_items() -> dict:
+    """Two batteries with a shared stem, a stem-sharing pair on different scales, loners."""
+    stem = "How often do the following things happen in your town:"
+    items = [C.Item(f"Q{i}", "t", f"{stem} thing {i}?", OFTEN) for i in range(10, 16)]
+    items += [C.Item(f"Q{i}", "t", f"In your view, do you agree that item {i} matters", AGREE) for i in (20, 21, 23)]
+    items += [C.Item("Q22", "t", "In your view, do you agree that this differs", OFTEN)]  # other scale
+    items += [C.Item(f"Q{i}", "t", f"Statement number {i} stands alone", AGREE) for i in range(30, 40)]
+    return {i.id: i for i in items}
+
+
+def test_batteries_join_shared_stem_and_scale_only():
+    b = C.batteries(_toy_items())
+    assert {b[f"Q{i}"] for i in range(10, 16)} == {"Q10"}
+    assert b["Q20"] == b["Q21"] == b["Q23"] == "Q20"  # Q22 between them is on another scale
+    assert b["Q22"] == "Q22" and b["Q30"] == "Q30" and b["Q31"] == "Q31"
+    assert C.stem_length("When jobs are scarce, men", "when jobs are scarce: employers") == 4
+
+
+@needs_mirror
+def test_wvs_batteries_come_from_the_data():
+    b = C.batteries(C.parse_wvq(read(load_culture("gr").survey.questions)))
+    for first, last in ((224, 233), (132, 138), (122, 129), (196, 198)):
+        assert {b[f"Q{i}"] for i in range(first, last + 1)} == {f"Q{first}"}
+    assert b["Q31"] == "Q29" and b["Q34"] == "Q33" and b["Q27"] == "Q27" and b["Q160"] == "Q160"
+    assert len(set(b.values())) == 24
+
+
+def test_battery_split_never_straddles_and_is_deterministic():
+    items = _toy_items()
+    b = C.batteries(items)
+    for seed in range(40):
+        train, held = C.split_items(b, 0.3, seed)
+        assert not {b[i] for i in train} & {b[i] for i in held}, seed  # no battery on both sides
+        assert set(train) | set(held) == set(items) and train and held
+        assert len(held) <= round(0.3 * len(items))
+    shuffled = dict(reversed(list(b.items())))
+    assert C.split_items(b, 0.3, 7) == C.split_items(shuffled, 0.3, 7)
+    assert len({tuple(C.split_items(b, 0.3, s)[1]) for s in range(10)}) > 1  # the seed matters
+
+
+@needs_mirror
+def test_culture_targets_hold_out_whole_batteries():
+    targets = A.survey_targets(load_culture("gr"))
+    side = {}
+    for t in targets:
+        side.setdefault(t["battery"], set()).add(t["split"])
+    assert all(len(s) == 1 for s in side.values())
+    held = [t for t in targets if t["split"] == "heldout"]
+    assert len(held) == 15 and len({t["battery"] for t in held}) == 12
 
 
 def test_enabled_cultures_share_one_split():
@@ -257,19 +302,135 @@ def test_minilm_similarity_filter_keeps_paraphrases():
     assert [t for t, _ in kept] == ["Making my parents proud has been one of my main life goals"]
 
 
-# --------------------------------------------------------------------------- eval rows
-def test_eval_rows_score_systems_and_mark_missing_ones():
+# --------------------------------------------------------------------------- baselines
+def _t(item_id, listed, dist, split="train", usable=True):
+    codes = [c for c, _ in listed]
+    return {"id": item_id, "listed": [list(p) for p in listed], "codes": list(range(min(codes), max(codes) + 1)),
+            "dist": dist, "split": split, "usable": usable, "battery": item_id}
+
+
+def test_scale_prior_is_the_mean_of_same_scale_training_items():
+    train = [_t("Q1", AGREE, [0.8, 0.2]), _t("Q2", AGREE, [0.4, 0.6]), _t("Q3", AGREE, [0.0, 1.0], usable=False),
+             _t("Q4", ((1, "Yes"), (2, "No")), [0.1, 0.9]), _t("Q5", AGREE, [1.0, 0.0], split="heldout")]
+    p, how = C.scale_prior(_t("Q9", AGREE, [0.5, 0.5], "heldout"), train)
+    assert how == "scale" and p == pytest.approx([0.6, 0.4])  # Q3 unusable, Q5 held out: not in the prior
+    p, how = C.scale_prior(_t("Q9", ((1, "Up"), (2, "Down")), [0.5, 0.5], "heldout"), train)
+    assert how == "codes" and p == pytest.approx([(0.8 + 0.4 + 0.1) / 3, (0.2 + 0.6 + 0.9) / 3])
+    p, how = C.scale_prior(_t("Q9", OFTEN, [0.2, 0.3, 0.5], "heldout"), train)
+    assert how == "uniform" and p == pytest.approx([1 / 3] * 3)
+
+
+def test_chance_and_uniform_baselines_hand_computed():
+    assert C.chance_hit([0.5, 0.3, 0.2]) == pytest.approx(1 / 3)
+    assert C.chance_hit([0.4, 0.4, 0.1, 0.1]) == pytest.approx(0.5)  # two modes
+    assert C.uniform_dist(4) == pytest.approx([0.25] * 4)
+    # JSD([.5,.5], [1,0]) is the hand-computed value of test_jsd_hand_computed
+    assert C.jsd(C.uniform_dist(2), [1, 0]) == pytest.approx(0.311278, abs=1e-6)
+    perm = C.derangement(7, 3)
+    assert sorted(perm) == list(range(7)) and all(i != p for i, p in enumerate(perm)) and perm == C.derangement(7, 3)
+
+
+def test_blend_chance_answers_come_from_other_questions():
+    qs = [{"id": str(i), "answers": [{"answers": [f"l{i}"], "en_answers": [f"e{i}"], "count": 3},
+                                     {"answers": ["x"], "en_answers": ["x"], "count": 1}]} for i in range(5)]
+    en = C.blend_chance_answers(qs, local=False, seed=0)
+    assert sorted(en) == [f"e{i}" for i in range(5)] and all(a != f"e{i}" for i, a in enumerate(en))
+    assert C.blend_chance_answers(qs, local=True, seed=0) == [a.replace("e", "l") for a in en]
+
+
+def _heldout():
     from stages import culture_eval as E
 
-    real = [np.array([0.5, 0.5, 0.0]), np.array([0.0, 1.0, 0.0])]
-    dists = [(np.array([0.5, 0.5, 0.0]), 0.9), (np.array([1.0, 0.0, 0.0]), 0.5)]
-    m = E.survey_metrics(dists, real, [None, real[1]])
-    assert m["heldout_jsd"] == pytest.approx([0.0, 1.0]) and m["heldout_emd"] == pytest.approx([0.0, 0.5])
-    assert m["heldout_modal_acc"] == [1.0, 0.0] and m["heldout_jsd_to_ref"] == pytest.approx([1.0])
-    rows = E.ci_rows("gr", {"base": m, "culture": m}, {"heldout_jsd": False},
-                     {"all": "culture_sft_all has not produced models/culture_all/adapter"})
-    by = {r["metric"]: r for r in rows}
-    assert by["heldout_jsd_culture"]["baseline"] == pytest.approx(0.5) and by["heldout_jsd_culture"]["n"] == 2
-    assert by["heldout_jsd_all"]["value"] is None and "culture_sft_all" in by["heldout_jsd_all"]["note"]
-    flat = E.flat_metrics({"base": m, "culture": m})
-    assert flat["heldout_jsd_culture_minus_base"] == 0.0
+    real = [np.array([0.5, 0.5]), np.array([0.0, 1.0]), np.array([0.2, 0.3, 0.5])]
+    refs = [np.array([1.0, 0.0]), None, np.array([0.2, 0.3, 0.5])]
+    items = [C.Item(f"Q{i}", "t", "q", AGREE if i < 2 else OFTEN) for i in range(3)]
+    return E.Heldout(items=items, real=real, refs=refs, priors=[np.array([0.5, 0.5]), np.array([1.0, 0.0]),
+                     np.array([0.2, 0.3, 0.5])], prior_how=["scale"] * 3, batteries=["A", "A", "B"])
+
+
+def test_baseline_scores_on_a_toy_distribution():
+    from stages import culture_eval as E
+
+    sc = E.baseline_scores(_heldout())
+    u = 0.311278  # JSD([.5,.5], [0,1]) (hand-computed above)
+    assert sc["uniform"]["heldout_jsd"] == pytest.approx([0.0, u, C.jsd([1 / 3] * 3, [0.2, 0.3, 0.5])], abs=1e-6)
+    assert "heldout_modal_acc" not in sc["uniform"]
+    assert sc["chance"]["heldout_modal_acc"] == pytest.approx([1.0, 0.5, 1 / 3])  # [.5,.5]: both are modes
+    assert sc["prior"]["heldout_jsd"] == pytest.approx([0.0, 1.0, 0.0])
+    assert sc["prior"]["heldout_modal_acc"] == [1.0, 0.0, 1.0]
+    ref = sc["reference"]["heldout_jsd"]
+    assert ref[0] == pytest.approx(u) and math.isnan(ref[1]) and ref[2] == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- eval rows
+def _rows(tuned_jsd):
+    """Rows of a toy evaluation where the tuned model has the given per-item JSD to the real answers."""
+    from stages import culture_eval as E
+
+    h = _heldout()
+    base = E.survey_metrics([(np.array([1.0, 0.0]), 0.9), (np.array([1.0, 0.0]), 0.5),
+                             (np.array([1.0, 0.0, 0.0]), 0.7)], h.real, h.refs)
+    tuned = {**base, "heldout_jsd": tuned_jsd}
+    scores = {**E.baseline_scores(h), "base": base, "culture": tuned}
+    notes = {"all": "culture_sft_all has not produced models/culture_all/adapter",
+             "heldout_jsd_to_ref": "context, not a gain", **E.trained_notes(
+                 {"sft": {"target": "distribution"}, "sft_all": {"target": "majority"}})}
+    return {r["metric"]: r for r in E.survey_rows("gr", scores, h, notes)}
+
+
+def test_eval_rows_compare_tuned_models_with_every_baseline():
+    by = _rows([0.3, 0.4, 0.5])  # worse than uniform on every item
+    row = by["heldout_jsd_culture_vs_uniform"]
+    assert row["baseline_name"] == "uniform" and row["n"] == 3 and row["n_docs"] == 2
+    assert row["value"] == pytest.approx(0.4) and row["delta"] == pytest.approx(0.4 - row["baseline"])
+    assert row["note"].startswith("does not beat the uniform baseline") and "'distribution' target" in row["note"]
+    ref = by["heldout_jsd_culture_vs_reference"]
+    assert ref["n"] == 2 and ref["value"] == pytest.approx(0.4)  # items without reference answers are left out
+    assert {"heldout_jsd_culture_vs_base", "heldout_jsd_culture_vs_prior", "heldout_emd_culture_vs_uniform",
+            "heldout_modal_acc_culture_vs_chance", "heldout_modal_acc_culture_vs_prior"} <= set(by)
+    assert "heldout_modal_acc_culture_vs_uniform" not in by
+    missing = by["heldout_jsd_all_vs_uniform"]
+    assert missing["value"] is None and "culture_sft_all" in missing["note"] and missing.get("verdict") is None
+    # means over the items: uniform 0.117, reference 0.156 (2 items), prior 0.333
+    assert "uniform is the strongest trivial baseline" in row["note"]
+    assert "strongest" not in by["heldout_jsd_culture_vs_prior"]["note"]
+
+
+def test_eval_rows_report_both_target_modes():
+    by = _rows([0.0, 0.0, 0.0])
+    assert by["heldout_jsd_culture"]["value"] == 0.0 and "heldout_modal_acc_culture" in by
+    assert "'distribution' target" in by["heldout_modal_acc_culture_vs_chance"]["note"]
+    assert "'majority' target" in by["heldout_modal_acc_all_vs_chance"]["note"] or \
+        by["heldout_modal_acc_all_vs_chance"]["value"] is None
+    acc = by["heldout_modal_acc_base"]  # 0/1 values: the interval is at least Wilson's
+    p, lo, hi = __import__("pipeline.stats", fromlist=["x"]).wilson_ci(acc["value"] * 3, 3)
+    assert acc["ci_low"] <= lo + 1e-9 and acc["ci_high"] >= hi - 1e-9
+
+
+def test_reference_distance_is_context_without_verdict():
+    from pipeline.html_report import method_deltas
+
+    by = _rows([0.3, 0.4, 0.5])
+    ctx = by["heldout_jsd_to_ref_culture"]
+    assert ctx["note"] == "context, not a gain" and ctx["n"] == 2
+    assert ctx["baseline"] is None and ctx["delta"] is None and "verdict" not in ctx
+    assert not [r for r in method_deltas(by.values()) if "to_ref" in r["metric"]]
+    assert all(r.get("verdict") is None for r in by.values() if r["metric"].startswith("heldout_jsd_to_ref"))
+
+
+def test_all_cultures_training_rows_are_shared():
+    rows = S.train_rows(S.SHARED, {"examples": 10, "final_loss": 1.5}, "distribution", "culture_sft_all")
+    assert {r["pack"] for r in rows} == {"_shared"} and {r["stage"] for r in rows} == {"culture_sft_all"}
+    assert next(r for r in rows if r["metric"] == "examples")["note"] == "target: distribution"
+
+
+def test_proportion_deltas_are_not_flat_when_every_pair_agrees():
+    from stages import culture_eval as E
+
+    zeros = np.zeros(4)
+    d, lo, hi = E.widen_for_proportions(E.stats.paired_delta(zeros, zeros), zeros, zeros)
+    assert d == 0.0 and lo < -0.4 and hi > 0.4  # bootstrap alone: [0, 0], i.e. "no difference shown"
+    row = E.compare_row("gr", "blend_acc_en", "culture", "chance", [0.0] * 4, [0.0] * 4, None, "n")
+    assert row["verdict"] == "underpowered" and row["n_needed"] > 4
+    d, lo, hi = E.widen_for_proportions((0.1, -0.1, 0.3), np.array([0.5, 1.0]), np.array([0.2, 0.4]))
+    assert (d, lo, hi) == (0.1, -0.1, 0.3)  # not 0/1 data: unchanged
