@@ -130,6 +130,8 @@ def _metrics(repo) -> dict:
         data = __import__("json").loads(path.read_text())
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if not any(t in k for t in TIMING)}
+        else:  # scorecard rows: a timing metric's row carries its value
+            data = [r for r in data if not any(t in str(r.get("metric", "")) for t in TIMING)]
         out[str(path.relative_to(repo))] = data
     adapter = repo / "models" / "glg" / "laft" / "adapter"
     out["adapter"] = {p.name: sha256_file(p) for p in sorted(adapter.glob("*.safetensors"))}
