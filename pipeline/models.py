@@ -159,6 +159,7 @@ def materialise(name: str) -> Path:
     return target
 
 
+_VERIFIED: set[Path] = set()
 HASH_BELOW = 64 << 20  # files under 64 MiB are re-hashed on every load (ms); larger ones size-checked
 
 
@@ -178,7 +179,10 @@ def _intact(target: Path) -> bool:
     from pipeline.provenance import sha256_file
 
     if not (target / MARKER).exists():
+        _VERIFIED.discard(target)
         return False
+    if target in _VERIFIED:  # once a process: load_model() materialises two or three times
+        return True
     files = json.loads((target / MARKER).read_text()).get("files", {})
     for rel, want in files.items():
         path = target / rel
@@ -188,6 +192,7 @@ def _intact(target: Path) -> bool:
                   "rebuilding it", file=sys.stderr)
             (target / MARKER).unlink(missing_ok=True)
             return False
+    _VERIFIED.add(target)
     return True
 
 

@@ -51,6 +51,7 @@ def test_damaged_model_files_are_rebuilt_not_loaded(own_cache, capsys):
     weights, config = folder / "model.safetensors", folder / "config.json"
     good = sha256_file(weights)
     _truncate(weights)
+    models._VERIFIED.clear()  # as in the next process (each verifies a build once)
     assert models.materialise("tiny-random") == folder
     assert "model.safetensors: cached model file is damaged" in capsys.readouterr().err
     assert sha256_file(weights) == good
@@ -58,6 +59,7 @@ def test_damaged_model_files_are_rebuilt_not_loaded(own_cache, capsys):
     text = config.read_text()
     config.write_text(text.replace("1", "2", 1))  # same size, different bytes
     assert config.stat().st_size == len(text.encode())
+    models._VERIFIED.clear()
     assert not models._intact(folder)  # materialise() would rebuild, as above
     assert "config.json: cached model file is damaged" in capsys.readouterr().err
 
