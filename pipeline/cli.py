@@ -58,12 +58,13 @@ def packs_validate() -> None:
     from pipeline.packs import KINDS, load, pack_ids
 
     try:
-        for kind in KINDS:
-            for pack_id in pack_ids(kind):
-                load(kind, pack_id)
+        packs = [load(kind, pack_id) for kind in KINDS for pack_id in pack_ids(kind)]
         check_enabled()
     except PolyalignError as exc:
         _fail(exc)
+    for pack in packs:
+        for item in getattr(pack, "review", []):
+            print(f"review: languages/{pack.id}.yaml: {item}", file=sys.stderr)
     console.print("[green]all packs valid[/green]")
 
 
@@ -88,16 +89,20 @@ def check_enabled() -> None:
 @packs_app.command("new")
 def packs_new(tag: str = typer.Argument(..., help="BCP-47 tag or ISO 639-3 code, e.g. kin or rw"),
               force: bool = typer.Option(False, help="overwrite an existing pack")) -> None:
-    """Scaffold languages/<id>.yaml from CLDR/ISO/NTREX data and enable it in params.yaml."""
-    import langcodes
+    """Scaffold languages/<id>.yaml from CLDR/ISO/NTREX data and enable it in params.yaml.
 
+    The id is the ISO 639-3 code, plus the script or region when NTREX holds the language in
+    several variants (sr-Latn -> srp_Latn, zh-Hant -> zho_Hant)."""
     from pipeline.scaffold import language_pack, write_pack
 
-    pack_id = tag if len(tag) == 3 and tag.isalpha() else langcodes.Language.get(tag).to_alpha3()
     try:
-        path = write_pack("languages", pack_id, language_pack(pack_id, tag), force=force)
+        data = language_pack(tag)
+        path = write_pack("languages", data["id"], data, force=force)
     except PolyalignError as exc:
         _fail(exc)
+    pack_id = data["id"]
+    for item in data.get("review", []):
+        print(f"review: {path}: {item}", file=sys.stderr)
     console.print(f"wrote {path} and enabled '{pack_id}'; next: dvc repro scorecard@{pack_id}")
 
 

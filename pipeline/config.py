@@ -26,12 +26,47 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_yaml(path: Path) -> dict:
-    """Safe-load a YAML mapping; invalid YAML is a one-line error naming the file."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen and key != "<<":
+                raise DuplicateKey(key, seen[key], key_node.start_mark.line + 1)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKey(Exception):
+    def __init__(self, key, first: int, again: int):
+        self.key, self.first, self.again = key, first, again
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8; other bytes are a one-line error with the offending byte's line."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise PolyalignError(path, "(file)", "file not found", "check the path") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise PolyalignError(path, f"line {line}", f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                             f"{exc.start})", "save the file as UTF-8 text") from None
+
+
+def load_yaml(path: Path) -> dict:
+    """Safe-load a YAML mapping; invalid YAML, a repeated key or non-UTF-8 bytes are a one-line
+    error naming the file and the line."""
+    text = _read_text(path)
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKey as dup:
+        raise PolyalignError(path, f"{dup.key} (line {dup.again})", f"duplicate key '{dup.key}' (first on line "
+                             f"{dup.first}; YAML would keep only the last)", "keep one of them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(document)"

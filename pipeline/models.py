@@ -23,6 +23,7 @@ import importlib
 import importlib.metadata
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -142,10 +143,10 @@ def materialise(name: str) -> Path:
     if name not in reg:
         return _external(name, reg)
     target = cached_dir(name)
-    if (target / MARKER).exists():
+    if _intact(target):
         return target
     with _lock(target.parent / f".{target.name}.lock"):
-        if (target / MARKER).exists():
+        if _intact(target):
             return target
         spec = reg[name]
         start = time.time()
@@ -153,9 +154,46 @@ def materialise(name: str) -> Path:
             tmp.mkdir()
             BUILDERS[spec["kind"]](spec, tmp)
             info = {"name": name, "spec": spec, "spec_hash": spec_hash(spec), "build_version": BUILD_VERSION,
-                    "build_seconds": round(time.time() - start, 1)}
+                    "build_seconds": round(time.time() - start, 1), "files": _manifest(tmp)}
             io.write_json(tmp / MARKER, info)
     return target
+
+
+_VERIFIED: set[Path] = set()
+HASH_BELOW = 64 << 20  # files under 64 MiB are re-hashed on every load (ms); larger ones size-checked
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    """relative path -> {size, sha256} of every file a build wrote."""
+    from pipeline.provenance import sha256_file
+
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
+
+
+def _intact(target: Path) -> bool:
+    """Whether a cached build is complete and unchanged: its marker exists and every file it
+    lists has the recorded size (and sha256, below HASH_BELOW). A truncated or edited file is
+    reported and the build redone, never loaded. Markers written before the manifest existed
+    carry no `files` and are trusted as before."""
+    from pipeline.provenance import sha256_file
+
+    if not (target / MARKER).exists():
+        _VERIFIED.discard(target)
+        return False
+    if target in _VERIFIED:  # once a process: load_model() materialises two or three times
+        return True
+    files = json.loads((target / MARKER).read_text()).get("files", {})
+    for rel, want in files.items():
+        path = target / rel
+        size = path.stat().st_size if path.is_file() else -1
+        if size != want["size"] or (size < HASH_BELOW and sha256_file(path) != want["sha256"]):
+            print(f"warning: {path}: cached model file is damaged (size {size}, expected {want['size']}); "
+                  "rebuilding it", file=sys.stderr)
+            (target / MARKER).unlink(missing_ok=True)
+            return False
+    _VERIFIED.add(target)
+    return True
 
 
 def _external(name: str, reg: dict) -> Path:

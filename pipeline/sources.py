@@ -40,7 +40,7 @@ def sha256_path(path: Path) -> str:
     return sha256_text("\n".join(listing))
 
 
-def _candidates(spec) -> tuple[Path | None, Path]:
+def _candidates(spec, origin: str) -> tuple[Path | None, Path]:
     """(path in the mirror or None, path in the cache) for a remote spec."""
     mirror, cache = mirror_dir(), cache_dir()
     if isinstance(spec, GithubSource):
@@ -54,9 +54,8 @@ def _candidates(spec) -> tuple[Path | None, Path]:
         rel_cache = rel_mirror
     else:
         raise TypeError(spec)
-    where = repr(spec.model_dump())
-    in_mirror = safe_join(mirror, rel_mirror, file=where, field="path") if mirror else None
-    return in_mirror, safe_join(cache, rel_cache, file=where, field="path")
+    in_mirror = safe_join(mirror, rel_mirror, file=origin, field="path") if mirror else None
+    return in_mirror, safe_join(cache, rel_cache, file=origin, field="path")
 
 
 def resolve(source: Source | object, *, origin: str = "(source)") -> Path:
@@ -69,7 +68,7 @@ def resolve(source: Source | object, *, origin: str = "(source)") -> Path:
     elif isinstance(spec, PypiSource):
         path = _resolve_pypi(spec, origin)
     else:
-        in_mirror, in_cache = _candidates(spec)
+        in_mirror, in_cache = _candidates(spec, origin)
         if in_mirror is not None and in_mirror.exists():
             path = in_mirror
         elif in_cache.exists():

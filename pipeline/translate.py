@@ -19,12 +19,14 @@ counted by kind and returned as `ok=False`; it is never silently kept.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +80,25 @@ class Cache:
         root.mkdir(parents=True, exist_ok=True)
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", system)[:80] + "-" + sha256_text(system)[:10]
         self.system, self.path = system, root / f"{slug}.sqlite"
+        self._discard_if_corrupt()
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS t (key TEXT PRIMARY KEY, direction TEXT, source TEXT, output TEXT)")
+
+    def _discard_if_corrupt(self) -> None:
+        """A truncated or damaged cache file (a killed copy, a full disk) is moved aside and
+        rebuilt, never read: SQLite's quick_check catches torn pages and a short file."""
+        if not self.path.exists():
+            return
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db:
+                ok = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        except sqlite3.DatabaseError:
+            ok = False
+        if not ok:
+            aside = self.path.with_name(f"{self.path.name}.corrupt")
+            os.replace(self.path, aside)
+            print(f"warning: {self.path}: translation cache failed SQLite's integrity check; moved to "
+                  f"{aside.name} and rebuilding", file=sys.stderr)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=60)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.packs import load_language
+from pipeline.packs import load_language, pack_ids
 
 runner = CliRunner()
 
@@ -65,3 +66,61 @@ def test_validate_catches_unregistered_pack_list(repo_copy):
 def test_doctor_lists_lid_and_comet(repo_copy):
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0 and "COMET" in result.output
+
+
+# --------------------------------------------------------------------------- new locales (issue 16)
+# tag -> (pack id, script, direction, NTREX code, autonym or None when CLDR has none in the script)
+NEW_LOCALES = {
+    "dv": ("div", "Thaa", "rtl", "div", None),
+    "ar": ("arb", "Arab", "rtl", "arb", "العربية"),
+    "sr-Latn": ("srp_Latn", "Latn", "ltr", "srp-Latn", "srpski"),
+    "zh-Hant": ("zho_Hant", "Hant", "ltr", "zho-TW", "中文"),
+    "bo": ("bod", "Tibt", "ltr", "bod", "བོད་སྐད་"),
+    "ti": ("tir", "Ethi", "ltr", "tir", "ትግርኛ"),
+    "km": ("khm", "Khmr", "ltr", "khm", "ខ្មែរ"),
+}
+
+
+@pytest.mark.parametrize("tag", list(NEW_LOCALES))
+def test_packs_new_locale(repo_copy, tag):
+    pack_id, script, direction, ntrex, own_name = NEW_LOCALES[tag]
+    result = runner.invoke(app, ["packs", "new", tag])
+    assert result.exit_code == 0, result.output
+    pack = load_language(pack_id)  # validates
+    assert (pack.script, pack.direction, pack.ntrex) == (script, direction, ntrex)
+    assert pack.sources.parallel.spec.path == f"NTREX-128/newstest2019-ref.{ntrex}.txt"
+    if own_name:
+        assert pack.autonym.startswith(own_name) and not pack.review
+    else:  # no data source has it: a visible marker in the field and in `review`, reported by validate
+        assert pack.autonym.startswith("REVIEW") and pack.review[0].startswith("autonym")
+        assert "review:" in runner.invoke(app, ["packs", "validate"]).output
+    assert pack.resource_level in ("low", "mid", "high")
+    assert pack_id in yaml.safe_load((repo_copy / "params.yaml").read_text())["languages"]
+    assert runner.invoke(app, ["packs", "validate"]).exit_code == 0
+
+
+def test_script_variants_coexist(repo_copy):
+    for tag in ("sr-Latn", "sr", "zh-Hant", "zh"):
+        result = runner.invoke(app, ["packs", "new", tag])
+        assert result.exit_code == 0, result.output
+    assert {"srp_Latn", "srp_Cyrl", "zho_Hant", "zho_Hans"} <= set(pack_ids("languages"))
+    assert load_language("srp_Cyrl").script == "Cyrl" and load_language("zho_Hans").ntrex == "zho-CN"
+    assert runner.invoke(app, ["packs", "validate"]).exit_code == 0
+
+
+@pytest.mark.parametrize(("tag", "code"), [("ar", "arb"), ("fa", "fas"), ("prs", "prs"), ("ms", "msa"),
+                                           ("sw", "swa"), ("npi", "nep"), ("sr", "srp-Cyrl"), ("zh", "zho-CN"),
+                                           ("fr-CA", "fra-CA"), ("fr", "fra"), ("yue", "yue")])
+def test_macrolanguage_and_variant_mapping(tag, code):
+    from pipeline.scaffold import ntrex_match
+
+    assert ntrex_match(tag)[0] == code
+
+
+def test_resource_level_from_population():
+    import langcodes
+
+    from pipeline.scaffold import resource_level
+
+    levels = {t: resource_level(langcodes.Language.get(t))[0] for t in ("es", "fr", "km", "dv", "bo")}
+    assert levels == {"es": "high", "fr": "high", "km": "mid", "dv": "low", "bo": "low"}

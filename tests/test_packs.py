@@ -110,3 +110,77 @@ def test_culture_bad_country(repo_copy):
     data["country"] = "XX"
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     assert "country:" in _error(path, "cultures")
+
+
+# --------------------------------------------------------------------------- malformed variants
+# Each variant edits the shipped glg pack's text (or params.yaml) the way a user might break it;
+# `packs validate` must name the file and the field in one line, exit 2, and write nothing.
+GLG_SHA = "6865106cf7073f74b8094c08009afbc06ade4a967b3d939626c0a6b288e39162"
+GLG_COMMIT = "8561f6a622db9edad1217683e5c83daefd8bb2bf"
+MALFORMED = [
+    # (name, file, old text, new text, substrings the one line must hold)
+    ("duplicate-key", "languages/glg.yaml", "name: Galician\n", "name: Galician\nscript: Latn\n",
+     ["script (line", "duplicate key 'script'", "keep one"]),
+    ("duplicate-nested-key", "languages/glg.yaml", "  label: gl\n", "  label: gl\n  label: glg\n",
+     ["duplicate key 'label'"]),
+    ("not-utf8", "languages/glg.yaml", "autonym: galego", b"autonym: gal\xe9go",
+     ["line 8", "not UTF-8", "save the file as UTF-8"]),
+    ("sha256-all-zeros-unquoted", "languages/glg.yaml", GLG_SHA, "0" * 64,
+     ["sources.parallel.spec.sha256", "malformed sha256", "64 lowercase hex", "the number 0", "in quotes"]),
+    ("sha256-too-short", "languages/glg.yaml", GLG_SHA, "abc123",
+     ["sources.parallel.spec.sha256", "malformed sha256", "'abc123'"]),
+    ("sha256-list", "languages/glg.yaml", f"sha256: {GLG_SHA}", f"sha256: [{GLG_SHA}]",
+     ["sources.parallel.spec.sha256", "malformed sha256"]),
+    ("commit-all-digits", "languages/glg.yaml", GLG_COMMIT, "1234567890" * 4,
+     ["sources.parallel.spec.commit", "malformed commit", "40 lowercase hex", "the number", "in quotes"]),
+    ("commit-short", "languages/glg.yaml", GLG_COMMIT, "8561f6a",
+     ["sources.parallel.spec.commit", "malformed commit"]),
+    ("path-leaves-mirror", "languages/glg.yaml", "path: NTREX-128/newstest2019-ref.glg.txt",
+     "path: ../../../../etc/passwd", ["sources.parallel.spec.path", "leaves", "without '..'"]),
+    ("absolute-path", "languages/glg.yaml", "path: declaration/glg.html", "path: /etc/passwd",
+     ["sources.monolingual.0.spec.path", "leaves"]),
+    ("repo-leaves-mirror", "languages/glg.yaml", "repo: MicrosoftTranslator/NTREX", "repo: ../..",
+     ["sources.parallel.spec.repo", "leave the mirror or cache"]),
+    ("package-version-leaves-cache", "languages/glg.yaml", "version: 6.0.0", "version: ../../../tmp",
+     ["sources.monolingual.0.spec.version", "leave the mirror or cache"]),
+    ("translator-file-leaves-repo", "languages/glg.yaml", "- kind: llm-icl\n",
+     "- kind: file\n  path: ../../etc/passwd\n- kind: llm-icl\n", ["translators.1.path", "leaves"]),
+    ("unquoted-version-number", "languages/glg.yaml", "version: 6.0.0", "version: 6.0",
+     ["sources.monolingual.0.spec.version", "in quotes"]),
+    ("id-not-iso", "languages/glg.yaml", "id: glg", "id: galician", ["id:", "differs from the file name"]),
+    ("params-duplicate-key", "params.yaml", "profile: default\n", "profile: default\nprofile: smoke\n",
+     ["params.yaml: profile (line", "duplicate key 'profile'"]),
+    ("params-not-utf8", "params.yaml", "profile: default", b"profile: d\xffefault", ["params.yaml", "not UTF-8"]),
+]
+
+
+def _snapshot(repo):
+    return {p: p.stat().st_mtime_ns for p in repo.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("name", "rel", "old", "new", "expect"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_validate_rejects_malformed_variant(repo_copy, name, rel, old, new, expect):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    path = repo_copy / rel
+    raw = path.read_bytes()
+    assert old.encode() in raw, f"{name}: the shipped file changed; update the variant"
+    new = new if isinstance(new, bytes) else new.encode()
+    path.write_bytes(raw.replace(old.encode(), new, 1))
+    before = _snapshot(repo_copy)
+    result = CliRunner().invoke(app, ["packs", "validate"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {path}: ") or lines[0].startswith(f"error: {rel}"), lines[0]
+    for part in expect:
+        assert part in lines[0], (part, lines[0])
+    assert _snapshot(repo_copy) == before  # nothing written
+
+
+def test_all_zeros_sha_quoted_is_well_formed(repo_copy):
+    """The fix the message gives works: quoted, 64 zeros is a hash (that then fails to match)."""
+    path = repo_copy / "languages" / "glg.yaml"
+    path.write_text(path.read_text().replace(GLG_SHA, "'" + "0" * 64 + "'"))
+    assert load_file(path, "languages").sources.parallel.spec.sha256 == "0" * 64

@@ -53,8 +53,13 @@ def test_offline_missing_names_where_to_put_it(tmp_path, monkeypatch):
 
 
 def test_local_source_cannot_leave_repo(repo_copy):
-    with pytest.raises(PolyalignError, match="leaves"):
-        resolve(LocalSource(kind="local", path="../outside.txt"), origin="languages/glg.yaml")
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="leaves"):  # refused when the pack is validated
+        LocalSource(kind="local", path="../outside.txt")
+    unchecked = LocalSource.model_construct(kind="local", path="../outside.txt")
+    with pytest.raises(PolyalignError, match="leaves"):  # and again when resolved
+        resolve(unchecked, origin="languages/glg.yaml")
 
 
 def test_folder_hash_is_listing_hash(tmp_path):
