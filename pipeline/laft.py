@@ -450,12 +450,16 @@ def rows_bytes(rows: list[dict]) -> np.ndarray:
 
 
 def language_sets(code: str, eval_cfg: dict, udhr_cfg: dict, data_cfg: dict) -> dict[str, list[dict]]:
-    """Held-out text of a language that is no pack (English, a high-resource language): {"ntrex":
-    eval_cfg.sentences NTREX test sentences spread over every test document, "udhr": the held-out
-    UDHR articles' paragraphs (empty without a pin in pipeline/resources/udhr.tsv)}; rows {doc, text}."""
-    ntrex = eval_sample(ntrex_rows(code, data_cfg, "test"), eval_cfg["sentences"], eval_cfg["seed"])
-    source = udhr_source(code)
-    return {"ntrex": ntrex, "udhr": udhr_eval_rows([source], udhr_cfg, str(UDHR_PINS)) if source else []}
+    """Held-out text of a language that is no pack, where forgetting is measured: {"ntrex":
+    `laft_eval.forgetting_sentences` NTREX test sentences spread over every test document,
+    "udhr": for English only (the out-of-domain check of the English cost), the held-out UDHR
+    articles' paragraphs}; rows {doc, text}. Scoring cost keeps the high-resource languages to NTREX."""
+    rows = ntrex_rows(code, data_cfg, "test")
+    sets = {"ntrex": eval_sample(rows, eval_cfg["forgetting_sentences"], eval_cfg["seed"])}
+    source = udhr_source(code) if code == "eng" else None
+    if source is not None:
+        sets["udhr"] = udhr_eval_rows([source], udhr_cfg, str(UDHR_PINS))
+    return sets
 
 
 def score_sets(scorer: Scorer, sets: dict) -> dict:

@@ -60,7 +60,7 @@ def eval_sets(pack_id: str, cfg: dict) -> dict:
     sets = target_sets(pack_id, cfg, udhr_cfg)
     for code in forgetting_codes(section("maft")):
         sets |= {(domain, code): rows for domain, rows in language_sets(code, cfg, udhr_cfg, data_cfg).items()}
-    return {key: rows for key, rows in sets.items() if rows}
+    return sets
 
 
 def score_variants(pack_id: str, base: str, sets: dict, batch_size: int, metrics: dict) -> dict:
@@ -86,8 +86,9 @@ def token_note(pack_id: str) -> str:
     if key not in laft or key not in maft:
         return "tokens seen in training not recorded (rerun laft and maft)"
     ratio = maft[key] / max(laft[key], 1)
-    return (f"not at equal target-language tokens: MAFT saw {maft[key]:,} {pack_id} tokens, LAFT {laft[key]:,} "
-            f"({ratio:.2f}x), at {maft.get('steps', '?')} vs {laft.get('steps', '?')} steps")
+    equal = "at about equal" if abs(ratio - 1) <= 0.05 else "NOT at equal"
+    return (f"{equal} target-language tokens: MAFT saw {maft[key]:,} {pack_id} tokens in training, LAFT "
+            f"{laft[key]:,} ({ratio:.2f}x), in {maft.get('steps', '?')} vs {laft.get('steps', '?')} steps")
 
 
 def bpb_all(pack_id: str, sets: dict, bits: dict, metrics: dict) -> list[dict]:
@@ -95,6 +96,10 @@ def bpb_all(pack_id: str, sets: dict, bits: dict, metrics: dict) -> list[dict]:
     missing = {v: f"no {v.upper()} weights at {adapter_dir(v, pack_id)}" for v in VARIANTS[1:] if v not in bits}
     out = []
     for (domain, side), rows in sets.items():
+        if not rows:  # only UDHR can be missing: the pack (or resources/udhr.tsv) names no translation
+            out.append(row(pack_id, "language", STAGE, f"bpb_{domain}_{side}_base", None, higher_is_better=False,
+                           note=f"no held-out {domain.upper()} text for {side}: no udhr-html source"))
+            continue
         target = side == "target"
         notes = {("maft", "laft"): token_note(pack_id)} if "maft" in bits and "laft" in bits else {}
         if not target:

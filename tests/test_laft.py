@@ -254,9 +254,9 @@ def laft_repo(repo_copy):
     params = yaml.safe_load(params_file.read_text())
     params |= {"languages": ["nya", "glg"], "model": {**params.get("model", {}), "base": "tiny-random"},
                "laft": {"base": None, "min_tokens": 6, "udhr_heldout": {"articles": 15, "seed": 0}, **TINY},
-               "maft": {"base": None, "high_resource": ["eng", "fra"], "temperature": 3.33, "examples": None,
+               "maft": {"base": None, "high_resource": ["eng", "fra"], "temperature": 3.33, "examples": 16,
                         **TINY},
-               "laft_eval": {"base": None, "sentences": 6, "seed": 0, "batch_size": 4}}
+               "laft_eval": {"base": None, "sentences": 6, "forgetting_sentences": 5, "seed": 0, "batch_size": 4}}
     params["profile"] = "default"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     from stages import laft_corpus
@@ -289,22 +289,23 @@ def test_laft_maft_eval_stages_write_adapters_and_rows(laft_repo):
     for k in langs:
         assert shared[f"{k}_p"] == pytest.approx(weights[k] / sum(weights.values()))
     assert shared["eng_lines"] > 1000 and shared["eng_p"] > shared["nya_p"]  # NTREX train documents
-    assert sum(shared[f"{k}_sampled"] for k in langs) == sum(shared[f"{k}_lines"] for k in langs)
+    assert sum(shared[f"{k}_sampled"] for k in langs) == 16
     shared_rows = validate_rows(io.read_json(laft_repo / "results" / "_shared" / "maft.rows.json"), "maft")
     by_metric = {r["metric"]: r for r in shared_rows}
     assert {r["pack"] for r in shared_rows} == {"_shared"}
-    for name in ("bpb_ntrex_eng_maft", "bpb_udhr_eng_maft", "bpb_ntrex_fra_maft", "bpb_udhr_fra_maft"):
+    assert "bpb_udhr_fra_base" not in by_metric  # UDHR: target languages and English only
+    for name in ("bpb_ntrex_eng_maft", "bpb_udhr_eng_maft", "bpb_ntrex_fra_maft"):
         r = by_metric[name]
         assert r["baseline_name"] == "base" and r["verdict"] in VERDICTS and "forgetting" in r["note"]
-    assert by_metric["bpb_ntrex_fra_maft"]["n"] == 6 and by_metric["bpb_ntrex_fra_maft"]["n_docs"] == 6
-    assert by_metric["bpb_udhr_fra_maft"]["n_docs"] == 15  # articles are the clusters
+    assert by_metric["bpb_ntrex_fra_maft"]["n"] == 5 and by_metric["bpb_ntrex_fra_maft"]["n_docs"] == 5
+    assert by_metric["bpb_udhr_eng_maft"]["n_docs"] == 15  # articles are the clusters
     assert by_metric["tokens_fra"]["value"] == shared["tokens_fra"]
 
     metrics = io.read_json(laft_repo / "results" / "nya" / "laft_eval.json")
     rows = {r["metric"]: r for r in validate_rows(
         io.read_json(laft_repo / "results" / "nya" / "laft_eval.rows.json"), "laft_eval")}
-    for domain, side, docs in (("ntrex", "target", 2), ("udhr", "target", 15), ("ntrex", "eng", 6),
-                               ("udhr", "eng", 15), ("ntrex", "fra", 6), ("udhr", "fra", 15)):
+    for domain, side, docs in (("ntrex", "target", 2), ("udhr", "target", 15), ("ntrex", "eng", 5),
+                               ("udhr", "eng", 15), ("ntrex", "fra", 5)):
         name = f"bpb_{domain}_{side}"
         base = rows[f"{name}_base"]
         assert base["value"] > 0 and base["ci_low"] <= base["value"] <= base["ci_high"]
@@ -324,7 +325,7 @@ def test_laft_maft_eval_stages_write_adapters_and_rows(laft_repo):
     assert rows["fertility_target"]["baseline"] == rows["fertility_english"]["value"]
     assert metrics["documents"] == 2 and metrics["sentences"] == 4 and "signature" in metrics
     corpus = io.read_json(laft_repo / "results" / "nya" / "laft_corpus.json")
-    assert corpus["dropped_short"] == 1 and corpus["dropped_udhr_heldout"] == corpus["udhr_heldout_paragraphs"] > 20
+    assert corpus["dropped_short"] >= 1 and corpus["dropped_udhr_heldout"] == corpus["udhr_heldout_paragraphs"] > 20
 
 
 def test_heldout_udhr_articles_never_reach_the_training_corpus(laft_repo):
