@@ -1,8 +1,10 @@
 """Language-adaptive fine-tuning (Alabi et al., COLING 2022): corpus cleaning, temperature
 sampling across languages, tokenizer statistics and tokenizer-independent bits per byte.
 
-Pure functions only; the stages (`stages/laft.py`, `stages/maft.py`, `stages/laft_eval.py`)
-do the reading, training and writing.
+Shared by laft_corpus, laft, maft and laft_eval (stages import only pipeline/): the math is in
+pure functions (cleaning, sampling, intervals, rows); the held-out sets (NTREX test sentences
+stratified over every test document, held-out UDHR articles), the count of tokens per language
+the trainer saw, training and the content-cached scorer read sources, models and the cache.
 
 Cleaning follows MAFT's recipe: NFC (with single spaces), drop lines that contain no letter
 (only numbers, punctuation or symbols), drop lines shorter than `min_tokens` whitespace
