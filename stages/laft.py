@@ -12,43 +12,20 @@ results/<lang>/laft.{json,rows.json} (training cost).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pipeline import io
 from pipeline.config import section
-from pipeline.laft import corpus_path, read_corpus, shuffled, utf8_bytes
+from pipeline.laft import base_model, corpus_path, read_corpus, shuffled, tokens_seen, train, utf8_bytes
 from pipeline.paths import repo_root
 from pipeline.provenance import sha256_file, signature
 from pipeline.report import row, write_stage
 
-# keys of the laft/maft sections that are not pipeline.train settings
-OWN_KEYS = {"base", "min_tokens", "temperature", "examples"}
 COST = [("train_tokens", True), ("tokens_per_s", True), ("wall_s", False), ("final_loss", False)]
 
 
-def base_model(cfg: dict) -> str:
-    """`laft.base` if set, else the project's base model (`model.base`)."""
-    return cfg.get("base") or section("model")["base"]
-
-
-def train_cfg(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in OWN_KEYS}
-
-
-def train_rows(pack: str, stage: str, metrics: dict) -> list[dict]:
+def train_rows(pack: str, stage: str, metrics: dict, cost=COST) -> list[dict]:
     """Cost rows for the scorecard (no CI: one training run)."""
     return [row(pack, "language", stage, key, metrics.get(key), higher_is_better=hib,
                 note=None if metrics.get(key) is not None else "not reported by the trainer")
-            for key, hib in COST]
-
-
-def train(base: str, examples: list[dict], out: Path, cfg: dict) -> dict:
-    """pipeline.train.train_causal_lm into `out`, atomically (adapter and curve appear together)."""
-    from pipeline.train import train_causal_lm
-
-    with io.atomic_path(out) as tmp:
-        tmp.mkdir()
-        return train_causal_lm(base, examples, tmp, train_cfg(cfg))
+            for key, hib in cost]
 
 
 def run(pack_id: str) -> None:
@@ -56,9 +33,13 @@ def run(pack_id: str) -> None:
     lines, base = read_corpus(pack_id), base_model(cfg)
     examples = [{"prompt": "", "response": text} for text in shuffled(lines, cfg["seed"])]
     metrics = train(base, examples, repo_root() / "models" / pack_id / "laft", cfg)
-    metrics |= {"corpus_lines": len(lines), "corpus_bytes": sum(map(utf8_bytes, lines))}
+    from pipeline.models import load_tokenizer
+
+    seen = tokens_seen(load_tokenizer(base), examples, [pack_id] * len(examples), cfg)[pack_id]
+    metrics |= {"corpus_lines": len(lines), "corpus_bytes": sum(map(utf8_bytes, lines)), f"tokens_{pack_id}": seen}
     sig = signature(stage="laft", pack=pack_id, base=base, cfg=cfg, corpus=sha256_file(corpus_path(pack_id))[:12])
-    write_stage(pack_id, "laft", metrics, train_rows(pack_id, "laft", metrics), sig)
+    cost = COST + [(f"tokens_{pack_id}", True)]  # target-language tokens the optimizer saw (MAFT compares at these)
+    write_stage(pack_id, "laft", metrics, train_rows(pack_id, "laft", metrics, cost), sig)
 
 
 if __name__ == "__main__":

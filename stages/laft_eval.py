@@ -2,144 +2,121 @@
 
 Bits per byte (total NLL in bits / UTF-8 bytes) is tokenizer-independent: it compares models
 with different vocabularies, and languages with different tokenizer fertility, on the same
-footing. Scored text: the NTREX test documents of data/<lang>/test.jsonl, target side
-(`tgt`: did adaptation help?) and English side (`en`: what did it cost in English?). Each
-sentence is scored on its own, given only BOS, and its bits are summed per document; the
-95% CIs are bootstraps over documents (sentences of one article are not independent), and
-differences between models are paired over the same documents.
+footing. Each sentence is scored on its own, given only BOS. Two held-out domains:
+- `ntrex`: `laft_eval.sentences` NTREX test sentences spread over ALL test documents
+  (pipeline.stats.stratified_sample, seeded; never a prefix): in-domain, since ~95% of the
+  LAFT corpus is NTREX train documents;
+- `udhr`: the held-out UDHR articles (`laft.udhr_heldout`), removed from every LAFT/MAFT
+  corpus by laft_corpus: out-of-domain.
+Sides: the target language (did adaptation help?), English and MAFT's high-resource languages
+(`maft.high_resource`: did it cost them? a rise is forgetting).
 
-Also the base tokenizer's fertility (tokens per whitespace word), characters per token and
-byte-fallback share, target against English: why a language costs more tokens.
+Every interval resamples documents (NTREX) or articles (UDHR) whole, with the small-G
+corrected bootstrap of pipeline.stats; every difference (LAFT - base, MAFT - base, MAFT -
+LAFT, forgetting) is a report.comparison row with its paired interval, verdict, n and n_docs.
+MAFT - base on English and the high-resource languages is the same for every language: it is
+in `maft`'s rows (pack _shared). MAFT-vs-LAFT rows state the target-language tokens each saw.
+
+Also the base tokenizer's fertility, characters per token and byte-fallback share, target
+against English: why a language costs more tokens.
 
 Writes results/<lang>/laft_eval.{json,rows.json}; lower bits per byte is better.
 """
 
 from __future__ import annotations
 
-import gc
-import json
-import time
 from pathlib import Path
 
 from pipeline import io
 from pipeline.config import section
-from pipeline.laft import (TOKENIZER_METRICS, bits_per_byte, by_document, delta_bits_per_byte, tokenizer_stats,
-                           utf8_bytes)
-from pipeline.paths import cache_dir, data_dir, repo_root
-from pipeline.provenance import sha256_file, sha256_text, signature
-from pipeline.report import row, write_stage
-from stages.laft import base_model
+from pipeline.laft import (TOKENIZER_METRICS, Scorer, base_model, bpb_rows, eval_sample, forgetting_codes,
+                           language_sets, pack_udhr_sources, rows_bytes, score_sets, tokenizer_stats,
+                           udhr_eval_rows)
+from pipeline.paths import data_dir, repo_root, results_dir
+from pipeline.provenance import sha256_file, signature
+from pipeline.report import SHARED, row, write_stage
 
 STAGE = "laft_eval"
 VARIANTS = ("base", "laft", "maft")
-SIDES = {"target": "tgt", "english": "en"}
+TARGET_COMPARE = (("laft", "base"), ("maft", "base"), ("maft", "laft"))
+OTHER_COMPARE = (("laft", "base"), ("maft", "laft"))  # MAFT - base there: maft's own rows
 
 
-def adapter_dir(variant: str, pack_id: str) -> Path:
+def adapter_dir(variant: str, pack_id: str) -> Path | None:
     root = repo_root() / "models"
-    return (root / pack_id / "laft" if variant == "laft" else root / "maft") / "adapter"
+    return None if variant == "base" else (root / pack_id / "laft" if variant == "laft" else root / "maft") / "adapter"
 
 
-def held_out(pack_id: str, max_docs: int | None) -> list[dict]:
-    """Test rows of the first `max_docs` test documents (file order), or all of them."""
-    rows = io.read_jsonl(data_dir(pack_id) / "test.jsonl")
-    docs = list(dict.fromkeys(r["doc"] for r in rows))[:max_docs] if max_docs else None
-    return [r for r in rows if docs is None or r["doc"] in docs]
+def target_sets(pack_id: str, cfg: dict, udhr_cfg: dict) -> dict:
+    """{("ntrex", "target"): sampled test rows, ("udhr", "target"): held-out UDHR paragraphs}, rows {doc, text}."""
+    test = eval_sample(io.read_jsonl(data_dir(pack_id) / "test.jsonl"), cfg["sentences"], cfg["seed"])
+    udhr = udhr_eval_rows(pack_udhr_sources(pack_id), udhr_cfg, f"languages/{pack_id}.yaml")
+    return {("ntrex", "target"): [{"doc": r["doc"], "text": r["tgt"]} for r in test], ("udhr", "target"): udhr}
 
 
-def load_variant(variant: str, base: str, pack_id: str):
-    """(model, tokenizer) for 'base', 'laft' or 'maft'."""
-    if variant == "base":
-        from pipeline.models import load_model
-
-        return load_model(base)
-    from pipeline.train import load_trained
-
-    return load_trained(base, adapter_dir(variant, pack_id))
+def eval_sets(pack_id: str, cfg: dict) -> dict:
+    """Target sets, then English's and each high-resource language's (the sets `maft` scores)."""
+    udhr_cfg, data_cfg = section("laft")["udhr_heldout"], section("data")
+    sets = target_sets(pack_id, cfg, udhr_cfg)
+    for code in forgetting_codes(section("maft")):
+        sets |= {(domain, code): rows for domain, rows in language_sets(code, cfg, udhr_cfg, data_cfg).items()}
+    return sets
 
 
-def weights_id(variant: str, base: str, pack_id: str) -> str:
-    """What a variant's scores depend on: the base build and, for an adapter, its files."""
-    from pipeline.models import fingerprint
-
-    parts = [base, fingerprint(base)]
-    if variant != "base":
-        parts += [sha256_file(f) for f in sorted(adapter_dir(variant, pack_id).glob("*")) if f.is_file()]
-    return sha256_text("\x00".join(parts))
-
-
-def bits_cache(variant: str, base: str, pack_id: str, texts: list[str], batch_size: int) -> Path:
-    """Cache file of per-sentence bits. The English test side is the same for every language, so
-    the base model's and MAFT's English bits are computed once, not once per language."""
-    scorer = sha256_file(repo_root() / "pipeline" / "generate.py")  # a scoring change is a new key
-    key = sha256_text(json.dumps({"v": 1, "weights": weights_id(variant, base, pack_id), "batch": batch_size,
-                                  "scorer": scorer, "texts": sha256_text("\x00".join(texts))}))
-    return cache_dir() / "nll_bits" / f"{key}.json"
-
-
-def score_variants(pack_id: str, base: str, rows: list[dict], batch_size: int) -> tuple[dict, dict]:
-    """{variant: {side: bits per doc}} for every variant whose weights exist, and wall seconds
-    (a side found in the bits cache costs no scoring)."""
-    import torch
-
-    from pipeline.generate import text_nll_bits
-
-    docs = [r["doc"] for r in rows]
-    bits, wall = {}, {}
+def score_variants(pack_id: str, base: str, sets: dict, batch_size: int, metrics: dict) -> dict:
+    """{variant: {set key: per-sentence bits}} for every variant whose weights exist."""
+    bits = {}
     for variant in VARIANTS:
-        if variant != "base" and not adapter_dir(variant, pack_id).exists():
+        adapter = adapter_dir(variant, pack_id)
+        if adapter is not None and not adapter.exists():
             continue
-        start, model, bits[variant] = time.time(), None, {}
-        for side, field in SIDES.items():
-            texts = [r[field] for r in rows]
-            path = bits_cache(variant, base, pack_id, texts, batch_size)
-            if path.exists():
-                sentence_bits = io.read_json(path)["bits"]
-            else:
-                if model is None:
-                    model, tok = load_variant(variant, base, pack_id)
-                with torch.inference_mode():
-                    sentence_bits = text_nll_bits(model, tok, texts, batch_size=batch_size)
-                io.write_json(path, {"variant": variant, "pack": pack_id, "bits": sentence_bits})
-            bits[variant][side] = by_document(docs, sentence_bits)[1]
-        wall[variant] = time.time() - start
-        del model
-        gc.collect()
-    return bits, wall
+        scorer = Scorer(base, adapter, batch_size)
+        bits[variant] = score_sets(scorer, sets)
+        metrics[f"wall_s_{variant}"], metrics[f"scored_{variant}"] = scorer.wall_s, scorer.scored
+        scorer.close()
+    return bits
 
 
-def bpb_rows(pack: str, side: str, bits: dict, nbytes, metrics: dict) -> list[dict]:
-    """Rows bpb_<side>_<variant> (baseline: the base model) and paired differences."""
-    n, out = len(nbytes), []
-    base_value = bits_per_byte(bits["base"][side], nbytes)[0]
-    for variant in VARIANTS:
-        name = f"bpb_{side}_{variant}"
-        if variant not in bits:
-            out.append(row(pack, "language", STAGE, name, None, higher_is_better=False,
-                           note=f"no {variant.upper()} weights at {adapter_dir(variant, pack)}"))
+def token_note(pack_id: str) -> str:
+    """What MAFT-vs-LAFT rows compare: equal steps, not equal target-language tokens (issue 13.3)."""
+    laft = io.read_json(results_dir(pack_id) / "laft.json") if (results_dir(pack_id) / "laft.json").exists() else {}
+    maft_path = results_dir(SHARED) / "maft.json"
+    maft = io.read_json(maft_path) if maft_path.exists() else {}
+    key = f"tokens_{pack_id}"
+    if key not in laft or key not in maft:
+        return "tokens seen in training not recorded (rerun laft and maft)"
+    ratio = maft[key] / max(laft[key], 1)
+    equal = "at about equal" if abs(ratio - 1) <= 0.05 else "NOT at equal"
+    return (f"{equal} target-language tokens: MAFT saw {maft[key]:,} {pack_id} tokens in training, LAFT "
+            f"{laft[key]:,} ({ratio:.2f}x), in {maft.get('steps', '?')} vs {laft.get('steps', '?')} steps")
+
+
+def bpb_all(pack_id: str, sets: dict, bits: dict, metrics: dict) -> list[dict]:
+    """Rows bpb_<domain>_<side>_<variant> for every scored set."""
+    missing = {v: f"no {v.upper()} weights at {adapter_dir(v, pack_id)}" for v in VARIANTS[1:] if v not in bits}
+    out = []
+    for (domain, side), rows in sets.items():
+        if not rows:  # only UDHR can be missing: the pack (or resources/udhr.tsv) names no translation
+            out.append(row(pack_id, "language", STAGE, f"bpb_{domain}_{side}_base", None, higher_is_better=False,
+                           note=f"no held-out {domain.upper()} text for {side}: no udhr-html source"))
             continue
-        value, lo, hi = bits_per_byte(bits[variant][side], nbytes)
-        metrics |= {name: value, f"{name}_lo": lo, f"{name}_hi": hi}
-        out.append(row(pack, "language", STAGE, name, value, ci=(lo, hi), n=n, higher_is_better=False,
-                       baseline=None if variant == "base" else base_value))
-    for a, b in (("laft", "base"), ("maft", "base"), ("maft", "laft")):
-        if a in bits and b in bits:
-            out.append(delta_row(pack, side, a, b, bits, nbytes, metrics))
+        target = side == "target"
+        notes = {("maft", "laft"): token_note(pack_id)} if "maft" in bits and "laft" in bits else {}
+        if not target:
+            notes[("laft", "base")] = f"forgetting of {side}: a rise in bits per byte is a loss"
+        got, more = bpb_rows(pack_id, STAGE, f"bpb_{domain}_{side}", {v: b[(domain, side)] for v, b in bits.items()},
+                             rows_bytes(rows), [r["doc"] for r in rows], TARGET_COMPARE if target else OTHER_COMPARE,
+                             notes=notes, missing=missing)
+        out += got
+        metrics |= more | {f"sentences_{domain}_{side}": len(rows), f"documents_{domain}_{side}": len({r['doc'] for r in rows}),
+                           f"bytes_{domain}_{side}": float(rows_bytes(rows).sum())}
     return out
 
 
-def delta_row(pack: str, side: str, a: str, b: str, bits: dict, nbytes, metrics: dict) -> dict:
-    """bpb(a) - bpb(b) with a paired bootstrap CI over documents; negative means a is better."""
-    value, lo, hi = delta_bits_per_byte(bits[a][side], bits[b][side], nbytes)
-    name = f"bpb_{side}_{a}_minus_{b}"
-    metrics |= {name: value, f"{name}_lo": lo, f"{name}_hi": hi}
-    note = None if hi < 0 or lo > 0 else f"95% CI includes 0 over {len(nbytes)} documents"
-    return row(pack, "language", STAGE, name, value, ci=(lo, hi), n=len(nbytes), higher_is_better=False, note=note)
-
-
-def tokenizer_rows(pack: str, tok, rows: list[dict], metrics: dict) -> list[dict]:
-    """Fertility, characters per token and byte-fallback share; target rows have English as baseline."""
-    stats = {side: tokenizer_stats(tok, [r[field] for r in rows]) for side, field in SIDES.items()}
+def tokenizer_rows(pack: str, tok, sets: dict, metrics: dict) -> list[dict]:
+    """Fertility, characters per token and byte-fallback share on the NTREX sample; target rows have English as baseline."""
+    texts = {"target": sets[("ntrex", "target")], "english": sets[("ntrex", "eng")]}
+    stats = {side: tokenizer_stats(tok, [r["text"] for r in rows]) for side, rows in texts.items()}
     out = []
     for key, hib in TOKENIZER_METRICS.items():
         for side in ("english", "target"):
@@ -153,20 +130,19 @@ def tokenizer_rows(pack: str, tok, rows: list[dict], metrics: dict) -> list[dict
 def run(pack_id: str) -> None:
     cfg = section(STAGE)
     base = base_model(cfg)
-    rows = held_out(pack_id, cfg.get("max_docs"))
-    docs = [r["doc"] for r in rows]
-    nbytes = {side: by_document(docs, [utf8_bytes(r[field]) for r in rows])[1] for side, field in SIDES.items()}
-    bits, wall = score_variants(pack_id, base, rows, cfg["batch_size"])
-    metrics = {"documents": len(nbytes["target"]), "sentences": len(rows),
-               **{f"bytes_{side}": float(b.sum()) for side, b in nbytes.items()},
-               **{f"wall_s_{variant}": w for variant, w in wall.items()}}
-    out_rows = [r for side in SIDES for r in bpb_rows(pack_id, side, bits, nbytes[side], metrics)]
+    sets = eval_sets(pack_id, cfg)
+    metrics = {"documents": len({r["doc"] for r in sets[("ntrex", "target")]}),
+               "sentences": len(sets[("ntrex", "target")])}
+    bits = score_variants(pack_id, base, sets, cfg["batch_size"], metrics)
+    out_rows = bpb_all(pack_id, sets, bits, metrics)
     from pipeline.models import load_tokenizer
 
-    out_rows += tokenizer_rows(pack_id, load_tokenizer(base), rows, metrics)
-    weights = {v: sha256_file(f)[:12] for v in VARIANTS[1:] for f in sorted(adapter_dir(v, pack_id).glob("*.safetensors"))}
-    sig = signature(stage=STAGE, pack=pack_id, base=base, cfg=cfg, test=sha256_file(data_dir(pack_id) / "test.jsonl")[:12],
-                    **weights)
+    out_rows += tokenizer_rows(pack_id, load_tokenizer(base), sets, metrics)
+    weights = {v: sha256_file(f)[:12] for v in VARIANTS[1:] if v in bits
+               for f in sorted(adapter_dir(v, pack_id).glob("*.safetensors"))}
+    sig = signature(stage=STAGE, pack=pack_id, base=base, cfg=cfg, udhr=section("laft")["udhr_heldout"],
+                    high_resource=",".join(forgetting_codes(section("maft"))),
+                    test=sha256_file(data_dir(pack_id) / "test.jsonl")[:12], **weights)
     write_stage(pack_id, STAGE, metrics, out_rows, sig)
 
 
