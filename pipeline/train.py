@@ -95,6 +95,7 @@ DEFAULTS: dict = {
     "order": "shuffle",            # shuffle | given (curriculum: batches of consecutive examples, in order)
     "bucket_window": 32,           # batches per sorted window when length-bucketing
     "progress": True,
+    "curve_file": None,            # `<pack>.<stage>`: also write the DVC plot curves (curve_file())
 }
 
 
@@ -501,7 +502,7 @@ def _wrap_trainable(model, s: dict, task: str):
 
 def run_key(base: str, data, s: dict, kind: str) -> str:
     """Hash of everything that determines a run (not resume/checkpoint/progress settings)."""
-    skip = {"resume", "checkpoint_dir", "keep_checkpoint", "progress", "checkpoint_every"}
+    skip = {"resume", "checkpoint_dir", "keep_checkpoint", "progress", "checkpoint_every", "curve_file"}
     payload = json.dumps({"kind": kind, "base": base, "cfg": {k: v for k, v in s.items() if k not in skip},
                           "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -609,7 +610,7 @@ def _fit(run: _Run, plan: list, total: int, forward, desc: str, after_step=None)
     while run.step < total:
         for group in run.opt.param_groups:
             group["lr"] = lr_at(run.step, total, s["lr"], s["warmup_steps"])
-        losses, n_tok = [], 0
+        losses, n_tok, step_start = [], 0, time.perf_counter()
         for batch in _micro_batches(plan, run.step, acc, s["grad_accum"]):
             with acc.accumulate(run.module):
                 loss, tokens = forward(batch)
@@ -621,9 +622,12 @@ def _fit(run: _Run, plan: list, total: int, forward, desc: str, after_step=None)
             losses.append(loss.detach().float().item())
             n_tok += tokens
         run.step += 1
-        run.tokens += int(run.reduce_sum(n_tok))
+        step_tokens = int(run.reduce_sum(n_tok))
+        run.tokens += step_tokens
         loss = run.reduce_sum(sum(losses) / len(losses)) / acc.num_processes
-        run.curve.append([run.step, run.tokens, round(loss, 6)])
+        step_lr = run.opt.param_groups[0]["lr"]
+        tok_s = step_tokens / max(time.perf_counter() - step_start, 1e-9)
+        run.curve.append([run.step, run.tokens, round(loss, 6), step_lr, round(tok_s, 1)])
         if after_step:
             after_step()
         bar.update(1)
@@ -650,12 +654,58 @@ def _finish(run: _Run, out_dir: Path, info: dict) -> None:
         with io.atomic_path(out_dir / "adapter") as tmp:
             model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             io.write_json(tmp / TRAINING_INFO, info)
-        io.write_text(out_dir / "curve.tsv", "step\ttokens\tloss\n" + "".join(
-            f"{a}\t{b}\t{c}\n" for a, b, c in run.curve))
+        io.write_text(out_dir / "curve.tsv", curve_tsv(run.curve, columns=4))
+        if run.s["curve_file"]:
+            write_curves(run.s["curve_file"], run.curve)
         if not run.s["keep_checkpoint"]:
             shutil.rmtree(run.ckpt, ignore_errors=True)
     acc.wait_for_everyone()
     acc.free_memory()
+
+
+CURVES = ("loss", "lr", "tokens_per_s")  # one DVC plot folder each (dvc.yaml top-level `plots:`)
+
+
+def curve_file(pack: str, name: str) -> str:
+    """The `curve_file` setting of a run: `<pack>.<name>`, written as results/_curves/<quantity>/
+    <pack>.<name>.tsv (step, quantity) for each of CURVES. Outside the model folder (DVC outputs
+    may not overlap) and kept by git like the metrics, so `dvc plots diff` compares commits and
+    experiments; one folder per quantity because DVC draws a folder's files with one `y`."""
+    return f"{pack}.{name}"
+
+
+def curve_paths(name: str) -> dict[str, Path]:
+    from pipeline.paths import repo_root
+
+    return {q: repo_root() / "results" / "_curves" / q / f"{name}.tsv" for q in CURVES}
+
+
+def write_curves(name: str, curve: list[list]) -> None:
+    """The curve's loss, lr and tokens/s by step into curve_paths(name) (headers only: nothing trained)."""
+    full = [line.split("\t") for line in curve_tsv(curve).splitlines()]
+    for q, path in curve_paths(name).items():
+        col = CURVE_COLUMNS.index(q)
+        io.write_text(path, "".join(f"{cells[0]}\t{cells[col]}\n" for cells in full))
+
+
+CURVE_COLUMNS = ("step", "tokens", "loss", "lr", "tokens_per_s")
+
+
+def curve_tsv(curve: list[list], columns: int = len(CURVE_COLUMNS)) -> str:
+    """The per-optimizer-step curve as TSV (the first `columns` of CURVE_COLUMNS); a header only
+    when nothing trained.
+
+    tokens is cumulative; lr is the rate the step used; tokens_per_s is that step's real tokens over
+    its wall time (not comparable across runs on a shared machine, but shows stalls), so the
+    model folder's curve.tsv stops before it (same seed, same bytes) and only `curve_file` (the
+    DVC plot in results/) carries it. Rows of an older checkpoint leave missing cells empty.
+    """
+    columns = CURVE_COLUMNS[:columns]
+    lines = ["\t".join(columns)]
+    for point in curve:
+        cells = (list(point) + [""] * len(columns))[:len(columns)]
+        lines.append("\t".join(str(c) for c in cells))
+    return "\n".join(lines) + "\n"
 
 
 def _total_steps(s: dict, n_plan: int, world: int) -> int:

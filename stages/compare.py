@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline import io
 from pipeline.config import enabled
 from pipeline.errors import PolyalignError
-from pipeline.html_report import domain_points, render_html, render_markdown
+from pipeline.html_report import domain_points, method_deltas, render_html, render_markdown
 from pipeline.mt_eval import COMET_NOT_COMPARABLE, pearson, spearman
 from pipeline.paths import repo_root
 from stages.scorecard import pack_scorecard_path, validate_rows
@@ -63,6 +63,14 @@ def domain_correlations(rows: list[dict]) -> list[dict]:
     return out
 
 
+def gains(rows: list[dict]) -> list[dict]:
+    """reports/plots/gains.json, the per-pack comparison chart of `dvc plots show`: each method's
+    delta over the pack's own baseline, sign flipped where lower is better (the report's delta chart)."""
+    return [{"comparison": f"{r['pack']} / {r['stage']} / {r['metric']}", "pack": r["pack"], "stage": r["stage"],
+             "metric": r["metric"], "gain": r["delta"] if r["higher_is_better"] else -r["delta"],
+             "verdict": r.get("verdict")} for r in method_deltas(rows)]
+
+
 def run() -> None:
     packs = enabled_packs()
     rows = [with_comet_note(r) for r in load_pack_rows(packs)]
@@ -70,6 +78,7 @@ def run() -> None:
     out = reports_dir()
     io.write_json(out / "scorecard.json", rows)
     io.write_json(out / "domain_similarity.json", correlations)
+    io.write_json(out / "plots" / "gains.json", gains(rows))
     io.write_text(out / "scorecard.md", render_markdown(rows, correlations, packs))
     io.write_text(out / "index.html", render_html(rows, correlations, packs))
 

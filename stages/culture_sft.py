@@ -32,6 +32,7 @@ from pipeline.errors import PolyalignError
 from pipeline.packs import CulturePack, load_culture
 from pipeline.paths import repo_root
 from pipeline.provenance import sha256_file, signature
+from pipeline.train import curve_file
 from pipeline.report import SHARED, row, write_stage
 
 STAGE = "culture_sft"
@@ -101,7 +102,7 @@ def run(pack_id: str) -> None:
     targets, aug = read_inputs(pack_id)
     examples = build_examples(pack, targets, aug, cfg["target"], cfg.get("seed", 0))
     base = base_model(cfg)
-    metrics = train(base, examples, model_dir(pack_id), cfg)
+    metrics = train(base, examples, model_dir(pack_id), {**cfg, "curve_file": curve_file(pack_id, STAGE)})
     metrics = {"examples": len(examples), "items": len({e["item"] for e in examples}), **metrics}
     sig = signature(stage=STAGE, pack=pack_id, base=base, cfg=cfg, target=cfg["target"],
                     templates={k: pack.templates[k].id for k in ("system", "survey")},
@@ -124,7 +125,7 @@ def run_all() -> None:
         targets, aug = read_inputs(c)
         examples += build_examples(load_culture(c), targets, aug, cfg["target"], cfg.get("seed", 0), exclude)
     base = base_model(cfg)
-    metrics = train(base, examples, model_dir(ALL), cfg)
+    metrics = train(base, examples, model_dir(ALL), {**cfg, "curve_file": curve_file(SHARED, "culture_sft_all")})
     metrics = {"examples": len(examples), "cultures": len(cultures), "items_excluded": len(exclude), **metrics}
     sig = signature(stage="culture_sft_all", cultures=",".join(cultures), base=base, cfg=cfg,
                     **{f"aug_{c}": sha256_file(aug_path(c))[:12] for c in cultures})

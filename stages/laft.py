@@ -15,6 +15,7 @@ from __future__ import annotations
 from pipeline.config import section
 from pipeline.laft import base_model, corpus_path, read_corpus, shuffled, tokens_seen, train, utf8_bytes
 from pipeline.paths import repo_root
+from pipeline.train import curve_file
 from pipeline.provenance import sha256_file, signature
 from pipeline.report import row, write_stage
 
@@ -32,7 +33,7 @@ def run(pack_id: str) -> None:
     cfg = section("laft")
     lines, base = read_corpus(pack_id), base_model(cfg)
     examples = [{"prompt": "", "response": text} for text in shuffled(lines, cfg["seed"])]
-    metrics = train(base, examples, repo_root() / "models" / pack_id / "laft", cfg)
+    metrics = train(base, examples, repo_root() / "models" / pack_id / "laft", {**cfg, "curve_file": curve_file(pack_id, "laft")})
     from pipeline.models import load_tokenizer
 
     seen = tokens_seen(load_tokenizer(base), examples, [pack_id] * len(examples), cfg)[pack_id]

@@ -32,6 +32,7 @@ from pipeline.laft import (Scorer, base_model, bpb_rows, clean_lines, corpus_pat
                            train, utf8_bytes)
 from pipeline.paths import repo_root
 from pipeline.provenance import sha256_file, signature
+from pipeline.train import curve_file
 from pipeline.report import SHARED, row, write_stage
 
 STAGE = "maft"
@@ -105,7 +106,7 @@ def run() -> None:
     sample, counts = temperature_sample(lines, total, cfg["temperature"], seed=cfg["seed"])
     base = base_model(cfg)
     examples = [{"prompt": "", "response": s["text"]} for s in sample]
-    metrics = train(base, examples, repo_root() / "models" / "maft", cfg)
+    metrics = train(base, examples, repo_root() / "models" / "maft", {**cfg, "curve_file": curve_file(SHARED, "maft")})
     from pipeline.models import load_tokenizer
 
     seen = tokens_seen(load_tokenizer(base), examples, [s["lang"] for s in sample], cfg)

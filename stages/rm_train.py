@@ -25,6 +25,7 @@ from pipeline.packs import Source
 from pipeline.paths import data_dir, repo_root
 from pipeline.provenance import signature
 from pipeline.report import row, write_stage
+from pipeline.train import curve_file
 from pipeline.sources import read, resolve, sha256_path
 from pipeline.stats import bootstrap_ci, paired_delta_ci
 
@@ -100,13 +101,19 @@ def heldout_eval(score, train: list[dict], test: list[dict]) -> dict:
             "margin": float(np.mean(chosen - rejected))}
 
 
+def rm_curve(name: str) -> str:
+    """One curve per source: results/_curves/<quantity>/_shared.rm_train_<source>.tsv."""
+    return curve_file(PACK, f"{STAGE}_{name}")
+
+
 def train_source(base: str, name: str, split: dict[str, list[dict]], cfg: dict, out: Path) -> dict:
     """Train one source's reward model into `out` and evaluate it on its held-out pairs."""
     from pipeline.train import train_reward_model
 
     train = split["train"][: cfg["max_train_pairs"]]
     test = split["test"][: cfg["max_test_pairs"]] if cfg.get("max_test_pairs") else split["test"]
-    fit = train_reward_model(base, rm.training_pairs(train), out, {**cfg["train"], "seed": cfg["seed"]})
+    fit = train_reward_model(base, rm.training_pairs(train), out, {**cfg["train"], "seed": cfg["seed"],
+                                                                  "curve_file": rm_curve(name)})
     model, tok = load_reward_model(base, out / "adapter")
     result = heldout_eval(scorer(model, tok, cfg["batch_size"]), train, test)
     del model

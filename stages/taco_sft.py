@@ -21,10 +21,10 @@ from pathlib import Path
 
 from pipeline import io
 from pipeline.config import section
-from pipeline.paths import data_dir, repo_root, results_dir
+from pipeline.paths import data_dir, repo_root
 from pipeline.provenance import sha256_file, signature
 from pipeline.report import row, write_stage
-from pipeline.train import DEFAULTS
+from pipeline.train import DEFAULTS, curve_file, write_curves
 
 STAGE = "taco_sft"
 SYSTEMS = ("taco", "plain")
@@ -36,14 +36,14 @@ def out_dir(pack_id: str) -> Path:
     return repo_root() / "models" / pack_id / STAGE
 
 
-def curve_path(pack_id: str, name: str) -> Path:
-    """Training curve for DVC plots (outside the adapter folder: DVC outputs may not overlap)."""
-    return results_dir(pack_id) / f"{STAGE}_{name}_curve.tsv"
-
-
 def train_cfg(cfg: dict) -> dict:
     """`taco.sft` as pipeline.train settings; batches follow taco_data's curriculum order by default."""
     return {"order": "given", **cfg["sft"]}
+
+
+def system_cfg(cfg: dict, pack_id: str, name: str) -> dict:
+    """train_cfg plus where this system's curve (with tokens/s) goes."""
+    return {**train_cfg(cfg), "curve_file": curve_file(pack_id, f"{STAGE}_{name}")}
 
 
 def skipped_rows(pack_id: str, reason: str) -> list[dict]:
@@ -74,14 +74,14 @@ def fitting(base: str, samples: list[dict], max_len: int) -> tuple[list[dict], i
     return kept, len(samples) - len(kept)
 
 
-def train_both(base: str, samples: list[dict], out: Path, cfg: dict) -> dict[str, dict]:
+def train_both(base: str, samples: list[dict], out: Path, cfg: dict, pack_id: str) -> dict[str, dict]:
     """Train the taco and plain adapters into `out` (an atomic temporary folder)."""
     from pipeline.train import train_causal_lm
 
     results = {}
     for name in SYSTEMS:
         examples = [s[name] for s in samples]
-        results[name] = train_causal_lm(base, examples, out / name, train_cfg(cfg))
+        results[name] = train_causal_lm(base, examples, out / name, system_cfg(cfg, pack_id, name))
     return results
 
 
@@ -98,13 +98,12 @@ def run(pack_id: str, cfg: dict | None = None) -> None:
                                 if not trained else "")
     with io.atomic_path(out_dir(pack_id)) as tmp:
         tmp.mkdir()
-        results = train_both(base, samples, tmp, cfg) if trained else {}
+        results = train_both(base, samples, tmp, cfg, pack_id) if trained else {}
         io.write_json(tmp / "status.json", {"trained": trained, "reason": "" if trained else reason, "base": base,
                                             "translator": meta["translator"], "samples": len(samples), "too_long": too_long,
                                             "results": results})
-    for name in SYSTEMS:  # header only when nothing was trained, so the plot is empty, not missing
-        curve = out_dir(pack_id) / name / "curve.tsv"
-        io.write_text(curve_path(pack_id, name), curve.read_text() if curve.exists() else "step\ttokens\tloss\n")
+    for name in SYSTEMS if not trained else ():  # header only, so the plot is empty, not missing
+        write_curves(curve_file(pack_id, f"{STAGE}_{name}"), [])
     metrics = {"trained": trained, "samples": len(samples), "too_long": too_long}
     metrics |= {f"{k}_{name}": v for name, res in results.items() for k, v in res.items()}
     rows = trained_rows(pack_id, results) if trained else skipped_rows(pack_id, reason)

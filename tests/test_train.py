@@ -225,7 +225,7 @@ def test_training_writes_adapter_curve_and_is_deterministic(tmp_path):
     m1 = T.train_causal_lm(TINY, sft_examples(), tmp_path / "a", cfg)
     m2 = T.train_causal_lm(TINY, sft_examples(), tmp_path / "b", cfg)
     curve = (tmp_path / "a" / "curve.tsv").read_text().splitlines()
-    assert curve[0] == "step\ttokens\tloss" and len(curve) == 4
+    assert curve[0] == "step\ttokens\tloss\tlr" and len(curve) == 4
     assert m1["steps"] == 3 and m1["train_tokens"] > 0 and m1["peak_rss_gb"] > 0
     a, b = adapter_tensors(tmp_path / "a"), adapter_tensors(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
