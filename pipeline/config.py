@@ -83,12 +83,45 @@ def params_path() -> Path:
     return repo_root() / "params.yaml"
 
 
+_VALID: dict[str, bool] = {}  # params.yaml texts already validated in this process
+
+
 def load_params() -> dict:
-    return load_yaml(params_path())
+    """params.yaml, validated against pipeline/schema.py (every profile applied) once per content."""
+    path = params_path()
+    params = load_yaml(path)
+    key = _read_text(path)
+    if key not in _VALID:
+        from pipeline.schema import validate_params
+
+        validate_params(params, str(path))
+        _VALID[key] = True
+    return params
+
+
+# Where each section keeps pipeline.train settings: params.yaml `train` (minus `launch`) is merged
+# under them here, so `dvc exp run -S train.lr=...` reaches every training stage that does not
+# set `lr` itself, and a stage's signature hashes the values it really trains with.
+TRAINING: dict[str, tuple[str, ...]] = {"laft": (), "maft": (), "taco": ("sft",), "culture": ("sft",),
+                                        "rm_train": ("train",)}
+
+# What each stage read through section() in this process: the resolved values, written into its
+# metrics file as `settings` (pipeline.report.write_stage), so `dvc exp show` shows what ran.
+READ: dict[str, dict] = {}
+
+
+def _with_shared_training(values: dict, where: tuple[str, ...], params: dict) -> dict:
+    shared = {k: v for k, v in section("train", params).items() if k != "launch"} if "train" in params else {}
+    if not where:
+        return deep_merge(shared, values)
+    inner = values.get(where[0]) or {}
+    return {**values, where[0]: _with_shared_training(inner, where[1:], params)}
 
 
 def section(name: str, params: dict | None = None) -> dict:
-    """One stage's parameters with the active profile's overrides applied."""
+    """One stage's parameters, resolved: the active profile's overrides applied, and for training
+    sections the shared `train` settings underneath (the stage's own keys win). The one place a
+    stage's effective settings come from."""
     params = load_params() if params is None else params
     if name not in params:
         raise PolyalignError(params_path(), name, "section missing", did_you_mean(name, params) or "add it")
@@ -98,10 +131,53 @@ def section(name: str, params: dict | None = None) -> dict:
         raise PolyalignError(params_path(), "profile", f"unknown profile '{profile}'",
                              did_you_mean(profile, profiles) or f"choose one of {sorted(profiles)}")
     over = profiles.get(profile, {}).get(name, {}) if profile != "default" else {}
-    return deep_merge(params[name], over)
+    out = deep_merge(params[name], over or {})
+    if name in TRAINING:
+        out = _with_shared_training(out, TRAINING[name], params)
+    READ[name] = copy.deepcopy(out)
+    return out
+
+
+def settings_read() -> dict:
+    """The resolved sections read so far in this process (what write_stage records)."""
+    return copy.deepcopy(READ)
 
 
 def enabled(kind: str, params: dict | None = None) -> list[str]:
     """Enabled pack ids of one kind ('languages' or 'cultures')."""
     params = load_params() if params is None else params
     return list(params.get(kind) or [])
+
+
+# The params.yaml keys each dvc.yaml stage reads (profile-resolved through section()); dvc.yaml's
+# `params:` lists exactly these plus PROFILE_KEYS (tests/test_dvc_deps.py checks it). Training
+# settings sections are whole (any pipeline.train key may be added there); `model.base` only,
+# since the model registry reaches stages through models/base.json (a dep).
+PROFILE_KEYS = ["profile", "profiles.${profile}"]
+TACO_DATA_KEYS = ["taco.base", "taco.split_salt", "taco.heldout_fraction", "taco.max_chars", "taco.max_instructions",
+                  "taco.round_trip_chrf", "taco.min_samples", "taco.chunk", "taco.probe", "taco.curriculum"]
+STAGE_PARAMS: dict[str, list[str]] = {
+    "model": ["model"],
+    "lid": ["lid", "data"],
+    "data": ["data", "stats.mde.data"],
+    "rm_train": ["model.base", "rm_train", "train", "stats.mde.rm_train"],
+    "rm_transfer": ["model.base", "rm_train", "rm_transfer", "train", "stats.mde.rm_transfer"],
+    "taco_data": ["model.base", *TACO_DATA_KEYS],
+    "taco_sft": ["model.base", "taco.base", "taco.min_samples", "taco.sft", "train"],
+    "taco_eval": ["model.base", "taco.base", "taco.min_eval", "taco.eval", "taco.judge", "stats.mde.taco_eval"],
+    "laft_corpus": ["laft.min_tokens", "laft.udhr_heldout"],
+    "laft": ["model.base", "laft", "train"],
+    "maft": ["model.base", "languages", "data", "laft.min_tokens", "laft.udhr_heldout", "maft", "laft_eval", "train",
+             "stats.mde.maft"],
+    "laft_eval": ["model.base", "data", "laft.base", "laft.udhr_heldout", "maft.base", "maft.high_resource",
+                  "laft_eval", "stats.mde.laft_eval"],
+    "culture_augment": ["model.base", "culture.augment"],
+    "culture_sft": ["model.base", "culture.sft", "train"],
+    "culture_sft_all": ["model.base", "cultures", "culture.sft", "culture.sft_all", "train",
+                        "stats.mde.culture_sft_all"],
+    "culture_eval": ["model.base", "culture.reference", "culture.sft.base", "culture.sft.target", "culture.sft_all",
+                     "culture.eval", "culture.blend", "stats.mde.culture_eval"],
+    "mt_errors": ["model.base", "mt_errors", "taco.base", "laft.base", "stats.mde.mt_errors"],
+    "scorecard": [],
+    "compare": ["languages", "cultures"],
+}

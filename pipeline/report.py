@@ -173,7 +173,10 @@ def write_stage(pack: str, stage: str, metrics: dict, rows: list[dict], signatur
     """Write a stage's metrics and rows; rows first, so metrics mark completion."""
     metrics_path, rows_path = stage_paths(pack, stage)
     io.write_json(rows_path, rows)
-    io.write_json(metrics_path, flat_metrics(metrics, signature))
+    from pipeline.config import settings_read
+
+    # `settings`: every params section the stage read, resolved (profile and shared train applied)
+    io.write_json(metrics_path, {**flat_metrics(metrics, signature), "settings": settings_read()})
 
 
 LID_MIN_ACCURACY = 0.95  # docs/contracts.md: a language identifier under this gets a note
