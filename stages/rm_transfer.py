@@ -52,26 +52,21 @@ def translated(translator, pairs: list[dict]) -> tuple[list[dict], int]:
 
 # --------------------------------------------------------------------------- policy samples
 def policy_dir(pack_id: str) -> Path:
-    return repo_root() / "models" / pack_id / "taco_sft" / "taco" / "adapter"
+    return sft_dir(pack_id) / "taco" / "adapter"
 
 
 def policy_prompts(pack: LanguagePack, instructions: list[str], use_taco: bool) -> list[str]:
     """Prompts in the policy's own training format (TaCo template, or the plain instruct one)."""
-    from stages.taco_data import render, templates_of
-
-    template = templates_of(pack)["taco" if use_taco else "instruct"]
-    return [render(template, instruction=text, tgt_name=pack.name) for text in instructions]
+    return prompts_for(pack, instructions, "taco" if use_taco else "instruct")
 
 
 def final_answer(text: str, pack: LanguagePack, use_taco: bool) -> tuple[str, bool]:
     """(the target-language answer inside a sample, whether the sample was complete).
 
-    TaCo: taco_eval's parser (the part after the template's last label; a chain cut off by
-    max_new_tokens is kept whole, so fidelity shows it, and counted as incomplete). Both
-    policies: cut where the model starts a new "Instruction" on its own.
+    TaCo: the strict parser of pipeline.taco (the part after the template's last label; a chain
+    cut off before it has an empty answer and counts as incomplete). Both policies: cut where
+    the model starts a new "Instruction" on its own.
     """
-    from stages.taco_eval import cut_runaway, markers, parse_taco
-
     if not use_taco:
         return cut_runaway(text), True
     parsed = parse_taco(text, markers(pack))
