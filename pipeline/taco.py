@@ -132,6 +132,42 @@ def budget_from_lengths(lengths: list[int], *, quantile: float, margin: float, c
     return int(max(1, min(cap, max(floor, math.ceil(q * (1 + margin))))))
 
 
+def token_lengths(tok, texts: list[str]) -> list[int]:
+    """Tokens of each text plus one (the end token a target needs; the start token of a prompt)."""
+    return [len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
+
+
+def context_length(base: str) -> int | None:
+    """The base model's context (max_position_embeddings of its config, or of its text config)."""
+    from transformers import AutoConfig
+
+    from pipeline.models import materialise
+
+    conf = AutoConfig.from_pretrained(materialise(base))
+    conf = getattr(conf, "text_config", None) or conf
+    return getattr(conf, "max_position_embeddings", None)
+
+
+def budget_info(tok, context: int | None, train: list[str], held: list[str], prompts: list[str], ev: dict) -> dict:
+    """The decoding budget of TaCo-format generation and what it was measured from.
+
+    ev (params taco.eval): `max_new_tokens` an integer is a fixed budget (tests, smoke); `auto`
+    takes the token lengths of the TaCo training targets `train` (held-out targets `held` when
+    there are none, `budget.fallback` when neither exists) through budget_from_lengths, capped by
+    the context left after the longest prompt and by `budget.max` when set."""
+    lens = {"train": token_lengths(tok, train), "heldout": token_lengths(tok, held)}
+    info = {f"target_tokens_{k}_{stat}": v for k, ls in lens.items() for stat, v in length_summary(ls).items()}
+    if ev["max_new_tokens"] != "auto":
+        return {"budget": int(ev["max_new_tokens"]), "source": "fixed", **info}
+    b = ev["budget"]
+    ctx = context or 10**6
+    cap = min(ctx - max(token_lengths(tok, prompts), default=0), b.get("max") or ctx)
+    source = "train" if lens["train"] else ("heldout" if lens["heldout"] else "fallback")
+    lengths = lens[source] if source != "fallback" else [int(b["fallback"])]
+    budget = budget_from_lengths(lengths, quantile=b["quantile"], margin=b["margin"], cap=cap)
+    return {"budget": budget, "source": source, "cap": cap, "capped": budget >= cap, **info}
+
+
 # --------------------------------------------------------------------------- metrics
 def chrf(hyp: str, ref: str) -> float:
     """Sentence chrF (sacrebleu defaults: char 6-grams, beta 2), 0..100."""

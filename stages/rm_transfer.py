@@ -36,7 +36,7 @@ from pipeline.provenance import signature, sha256_text
 from pipeline.report import SHARED, comparison, lid_note, mde_for, row, write_stage
 from pipeline.rm import base_model, load_reward_model, rm_dir, scorer, splits_dir
 from pipeline.stats import bootstrap_ci, paired_delta, wilson_ci
-from pipeline.taco import cut_runaway, markers, parse_taco, prompts_for, sft_dir
+from pipeline.taco import budget_info, context_length, cut_runaway, markers, parse_taco, prompts_for, sft_dir
 
 STAGE = "rm_transfer"
 
@@ -80,6 +80,18 @@ def final_answer(text: str, pack: LanguagePack, use_taco: bool) -> tuple[str, bo
     return parsed["answer"], parsed["format_ok"]
 
 
+def policy_budget(pack_id: str, base: str, tok, prompts: list[str], cfg: dict) -> int:
+    """`bon.max_new_tokens`, or with `auto` taco_eval's budget rule (params taco.eval.budget) on
+    taco_data's targets: a TaCo sample cut off before its last label has no answer at all."""
+    if cfg["max_new_tokens"] != "auto":
+        return int(cfg["max_new_tokens"])
+    folder = data_dir(pack_id)
+    targets = lambda name: [s["taco"]["response"] for s in io.read_jsonl(folder / name)]  # noqa: E731
+    ev = {**section("taco")["eval"], "max_new_tokens": "auto"}
+    return budget_info(tok, context_length(base), targets("taco.jsonl"), targets("taco_heldout.jsonl"), prompts,
+                       ev)["budget"]
+
+
 def sample_answers(pack: LanguagePack, base: str, instructions: list[str], cfg: dict) -> dict:
     """n sampled answers per instruction [P][n] from the TaCo model if trained, else the base model."""
     from pipeline.generate import generate
@@ -94,7 +106,8 @@ def sample_answers(pack: LanguagePack, base: str, instructions: list[str], cfg: 
         from pipeline.models import load_model
 
         model, tok = load_model(base)
-    outs = generate(model, tok, policy_prompts(pack, instructions, use_taco), max_new_tokens=cfg["max_new_tokens"],
+    prompts = policy_prompts(pack, instructions, use_taco)
+    outs = generate(model, tok, prompts, max_new_tokens=policy_budget(pack.id, base, tok, prompts, cfg),
                     batch_size=cfg["gen_batch_size"], do_sample=True, temperature=cfg["temperature"],
                     top_p=cfg["top_p"], num_return_sequences=cfg["n"], seed=cfg["seed"])
     parsed = [[final_answer(t, pack, use_taco) for t in (o if isinstance(o, list) else [o])] for o in outs]

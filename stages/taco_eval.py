@@ -47,8 +47,8 @@ from pipeline.provenance import sha256_file, signature
 from pipeline.report import comparison, lid_note, mde_for, row, write_stage
 from pipeline.sources import read
 from pipeline.stats import bootstrap_ci, paired_delta, stratified_sample, wilson_ci
-from pipeline.taco import (budget_from_lengths, chrf, length_summary, markers, parse_plain, parse_taco, prompts_for,
-                           sft_dir, templates_of)
+from pipeline.taco import (budget_info, chrf, context_length, markers, parse_plain, parse_taco, prompts_for, sft_dir,
+                           templates_of)
 
 STAGE = "taco_eval"
 SYSTEMS = ("base", "plain", "taco")
@@ -111,44 +111,14 @@ def pick_items(items: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- decoding budget
-def token_lengths(tok, texts: list[str]) -> list[int]:
-    """Tokens of each text plus the end token (what the model must generate to finish it)."""
-    return [len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
-
-
-def context_length(base: str) -> int | None:
-    """The base model's context (max_position_embeddings of its config, or its text config)."""
-    from transformers import AutoConfig
-
-    from pipeline.models import materialise
-
-    conf = AutoConfig.from_pretrained(materialise(base))
-    conf = getattr(conf, "text_config", None) or conf
-    return getattr(conf, "max_position_embeddings", None)
-
-
 def decoding_budget(base: str, train: list[dict], held: list[dict], prompts: list[str], cfg: dict) -> dict:
-    """{budget, source, cap, train/heldout length summaries}: one budget for every system.
-
-    `eval.max_new_tokens` an integer: that fixed budget (tests, smoke). `auto`: from the token
-    lengths of the TaCo training targets (held-out targets when there are none; `budget.fallback`
-    when neither exists), capped by the context left after the longest prompt."""
+    """{budget, source, cap, target length summaries}: one budget for every system
+    (pipeline.taco.budget_info on the TaCo targets of taco_data's train and held-out samples)."""
     from pipeline.models import load_tokenizer
 
-    ev = cfg["eval"]
-    tok = load_tokenizer(base)
-    lens = {k: token_lengths(tok, [s["taco"]["response"] for s in v]) for k, v in (("train", train), ("heldout", held))}
-    info = {f"target_tokens_{k}_{stat}": v for k, ls in lens.items() for stat, v in length_summary(ls).items()}
-    if ev["max_new_tokens"] != "auto":
-        return {"budget": int(ev["max_new_tokens"]), "source": "fixed", **info}
-    b = ev["budget"]
-    ctx = context_length(base) or 10**6
-    longest = max(token_lengths(tok, prompts), default=0)
-    cap = min(ctx - longest, b.get("max") or ctx)
-    source = "train" if lens["train"] else ("heldout" if lens["heldout"] else "fallback")
-    lengths = lens[source] if source != "fallback" else [int(b["fallback"])]
-    budget = budget_from_lengths(lengths, quantile=b["quantile"], margin=b["margin"], cap=cap)
-    return {"budget": budget, "source": source, "cap": cap, "capped": budget >= cap, **info}
+    ctx = context_length(base) if cfg["eval"]["max_new_tokens"] == "auto" else None
+    return budget_info(load_tokenizer(base), ctx, [s["taco"]["response"] for s in train],
+                       [s["taco"]["response"] for s in held], prompts, cfg["eval"])
 
 
 # --------------------------------------------------------------------------- scoring
