@@ -121,7 +121,9 @@ def comparison(pack: str, kind: str, stage: str, metric: str, value, baseline, *
 
     delta_ci: (delta, low, high) from a paired pipeline.stats function (value - baseline);
     mde: the minimal effect of interest (default: params.yaml stats.mde for stage/metric).
-    The row carries the verdict and about how many items would decide it."""
+    The row carries the verdict and about how many items would decide it; rows from fewer than
+    stats.MIN_CLUSTERS documents say that their interval may under-cover (stats.coverage_note)."""
+    note = "; ".join(x for x in (note, stats.coverage_note(n_docs)) if x) or None
     out = row(pack, kind, stage, metric, value, ci=ci, baseline=baseline, n=n,
               higher_is_better=higher_is_better, note=note)
     mde = mde_for(stage, metric) if mde is None else float(mde)
