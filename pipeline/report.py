@@ -136,6 +136,40 @@ def comparison(pack: str, kind: str, stage: str, metric: str, value, baseline, *
     return out
 
 
+def system_rows(pack: str, kind: str, stage: str, metric: str, scores: dict, *, baseline: str = "base",
+                den: dict | None = None, clusters=None, higher_is_better: bool = True, mde: float | None = None,
+                note: str | None = None, seed: int = 0) -> list[dict]:
+    """Rows `<metric>.<system>` for every system in `scores`: the baseline system as a plain row with
+    its interval, every other one as a comparison against it on the same items.
+
+    scores: {system: per-item numbers [n]} (all paired, same items); den: {system: [n]} turns each
+    score into sum(scores)/sum(den) (bits per byte); clusters: [n] documents, resampled whole.
+    The delta is always value - baseline, named `delta` in the row (one name for every stage)."""
+    n_docs = None if clusters is None else len(set(clusters))
+
+    def interval(system):
+        if den is None:
+            return stats.cluster_bootstrap_ci(scores[system], clusters, seed=seed)
+        return stats.cluster_ratio_ci(scores[system], den[system], clusters, seed=seed)
+
+    def delta(system):
+        if den is None:
+            return stats.paired_delta(scores[system], scores[baseline], clusters, seed=seed)
+        return stats.paired_ratio_delta(scores[system], den[system], scores[baseline], den[baseline], clusters,
+                                        seed=seed)
+
+    base = interval(baseline)
+    n = len(scores[baseline])
+    out = [row(pack, kind, stage, f"{metric}.{baseline}", base[0], ci=base[1:], n=n,
+               higher_is_better=higher_is_better, note=note)]
+    for system in (s for s in scores if s != baseline):
+        est = interval(system)
+        out.append(comparison(pack, kind, stage, f"{metric}.{system}", est[0], base[0], delta_ci=delta(system),
+                              n=n, n_docs=n_docs, baseline_name=baseline, mde=mde, ci=est[1:],
+                              higher_is_better=higher_is_better, note=note))
+    return out
+
+
 @lru_cache(maxsize=1)
 def _mde_table() -> dict:
     from pipeline.config import section
