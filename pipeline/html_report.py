@@ -4,7 +4,10 @@ Input is the scorecard contract (a list of rows, DESIGN.md) plus the domain-simi
 correlations computed by `compare`. Plots are matplotlib PNGs embedded as data URIs, so
 reports/index.html opens anywhere, offline, as one file. Tables pivot each stage to
 metric x pack: metric names of per-language stages use `xx` for the language (e.g.
-`chrf++.en-xx.base`), so one row of the table compares the languages.
+`chrf++.en-xx.base`), so one row of the table compares the languages. Comparison rows show the
+delta with its paired interval, the named baseline, the verdict and "n = 12 (8 documents), about N
+needed" when underpowered; only better/worse are coloured. A summary on top says, per method, whether
+it beats its strongest trivial baseline and which comparisons the profile is too small to decide.
 """
 
 from __future__ import annotations
