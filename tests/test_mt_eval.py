@@ -365,7 +365,8 @@ def test_stage_scores_comet_with_a_configured_checkpoint(glg_repo, tiny_comet, m
     stage.run("glg")
     rows = json.loads((glg_repo / "results" / "glg" / "mt_errors.rows.json").read_text())
     comet = [r for r in rows if r["metric"].startswith("comet.")]
-    assert [r["metric"] for r in comet] == ["comet.en-xx.apertium", "comet.xx-en.apertium"]
+    assert [r["metric"] for r in comet] == [f"comet.{d}.{s}" for d in ("en-xx", "xx-en")
+                                            for s in ("apertium", "copy-source")]  # the trivial baseline too
     assert all(math.isfinite(r["value"]) and r["ci_low"] <= r["ci_high"] for r in comet)
     assert all(M.COMET_NOT_COMPARABLE in r["note"] and "outside" not in r["note"] for r in comet)
     metrics = json.loads((glg_repo / "results" / "glg" / "mt_errors.json").read_text())
