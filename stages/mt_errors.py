@@ -53,6 +53,7 @@ COPY = "copy-source"  # trivial baseline: the source sentence as the translation
 RULE_BASED = "apertium"  # the rule-based system, a baseline where the pack has it
 TRIVIAL = (COPY, RULE_BASED)
 BASE = "base"
+VS_BASE = "vs_base."  # metric prefix of the adapted systems' rows against base (chrF++.en-xx.laft is vs trivial)
 # adaptation corpus -> the system trained on it (laft_corpus = NTREX train + monolingual; taco_data)
 CORPUS_SYSTEM = {"train_tgt": "laft", "mono_train": "laft", "taco_instructions": "taco"}
 
@@ -200,14 +201,14 @@ def score_rows(pack: str, d: str, result: dict, docs: list, cfg: dict) -> list[d
             against = [t for t in trivial if t != name]
             if against:
                 out.append(compare_scores(pack, d, metric, scores, name, strongest(scores, against, metric), docs,
-                                          cfg, suffix=""))
+                                          cfg, prefix=""))
             if name not in (BASE, *TRIVIAL) and BASE in scores:
-                out.append(compare_scores(pack, d, metric, scores, name, BASE, docs, cfg, suffix=".vs_base"))
+                out.append(compare_scores(pack, d, metric, scores, name, BASE, docs, cfg, prefix=VS_BASE))
     return out
 
 
 def compare_scores(pack: str, d: str, metric: str, scores: dict, name: str, baseline: str, docs: list, cfg: dict,
-                   *, suffix: str) -> dict:
+                   *, prefix: str) -> dict:
     """One comparison row: corpus `metric` of `name` against `baseline`, documents resampled whole."""
     a, b = scores[name][metric], scores[baseline][metric]
     delta = doc_delta(a, b, docs, n_boot=cfg["n_boot"], seed=cfg.get("seed", 0))
@@ -217,7 +218,7 @@ def compare_scores(pack: str, d: str, metric: str, scores: dict, name: str, base
     verdict = stats.verdict(delta[0], delta[1], delta[2], mde, hib)
     if baseline in TRIVIAL and verdict != "better":
         note = f"does not beat {baseline}, its strongest trivial baseline ({verdict}); " + note
-    return comparison(pack, "language", STAGE, f"{metric}.{d}.{name}{suffix}", a["score"], b["score"],
+    return comparison(pack, "language", STAGE, f"{prefix}{metric}.{d}.{name}", a["score"], b["score"],
                       delta_ci=delta, n=len(docs), n_docs=len(set(docs)), mde=mde, baseline_name=baseline,
                       higher_is_better=hib, ci=(a["ci_low"], a["ci_high"]), note=note)
 
@@ -253,7 +254,7 @@ def _hits(labels: list[str], kind: str) -> list[bool]:
 def _error_vs_base(pack, d, name, kind, hits, base_hits, docs, note, cfg) -> dict:
     delta = stats.paired_delta(hits, base_hits, docs, n_boot=cfg["n_boot"], seed=cfg.get("seed", 0))
     value, lo, hi = stats.wilson_ci(sum(hits), len(hits))
-    return comparison(pack, "language", STAGE, f"err.{kind}.{d}.{name}.vs_base", value, sum(base_hits) / len(hits),
+    return comparison(pack, "language", STAGE, f"{VS_BASE}err.{kind}.{d}.{name}", value, sum(base_hits) / len(hits),
                       delta_ci=delta, n=len(hits), n_docs=len(set(docs)), mde=mde_for(STAGE, "rate"),
                       baseline_name=BASE, higher_is_better=False, ci=(lo, hi), note=note)
 

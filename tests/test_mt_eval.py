@@ -317,9 +317,9 @@ def test_stage_outputs_and_cli_reproduction(glg_repo):
     assert base["note"].startswith("does not beat apertium") and "nrefs:1" in base["note"]
     assert base["delta_ci_low"] <= base["delta"] <= base["delta_ci_high"] < 0 and base["n_needed"] is not None
     assert by["ter.en-xx.base"]["baseline_name"] == "apertium" and by["ter.en-xx.base"]["higher_is_better"] is False
-    laft = by["chrf++.en-xx.laft.vs_base"]
+    laft = by["vs_base.chrf++.en-xx.laft"]
     assert laft["baseline_name"] == "base" and laft["delta"] > 0 and laft["verdict"] in stats_verdicts()
-    assert by["err.any.en-xx.laft.vs_base"]["baseline_name"] == "base" and "err.any.en-xx.base.vs_base" not in by
+    assert by["vs_base.err.any.en-xx.laft"]["baseline_name"] == "base" and "vs_base.err.any.en-xx.base" not in by
     assert by["err.any.en-xx.human"]["value"] == 0.0 and "chrf++.en-xx.human" not in by  # detectors' floor
     assert "err.copy.en-xx.copy-source" not in by
     assert by["comet.en-xx.base"]["value"] is None and "no COMET checkpoint" in by["comet.en-xx.base"]["note"]
