@@ -226,3 +226,50 @@ def test_shared_prefix_runs_once_and_gives_hf_tokens(lm):
     window = model.config.get_text_config().sliding_window
     if window:  # a sequence that could outgrow the sliding window is not split
         assert G._shared_prefix(model, seqs, window) == 0
+
+
+# --------------------------------------------------------------------------- sampling in our loop
+SAMPLE = dict(do_sample=True, temperature=0.9, top_p=0.9, seed=3)
+
+
+def test_sampled_row_does_not_depend_on_its_batch_mates(lm):
+    """Each row draws from its own generator (seeded by seed, prompt ids, copy): alone == batched."""
+    model, tok = lm
+    batched = G.generate_ids(model, tok, PROMPTS, max_new_tokens=10, batch_size=8, num_return_sequences=2, **SAMPLE)
+    alone = [G.generate_ids(model, tok, [p], max_new_tokens=10, batch_size=1, num_return_sequences=2, **SAMPLE)[0]
+             for p in PROMPTS]
+    assert batched == alone
+    assert any(a != b for a, b in batched)  # the two copies of a prompt draw differently
+    other = G.generate_ids(model, tok, PROMPTS, max_new_tokens=10, batch_size=8, num_return_sequences=2,
+                           **(SAMPLE | {"seed": 4}))
+    assert other != batched
+
+
+def test_sampler_keeps_the_nucleus_and_draws_its_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 40) * 2
+    sampler = G._Sampler([11], temperature=0.7, top_k=10, top_p=0.8)
+    ids, probs = sampler.nucleus(logits)
+    p = torch.softmax(logits / 0.7, -1)[0]
+    top = p.topk(10)
+    top_p = top.values / top.values.sum()
+    n = int(((top_p.cumsum(0) - top_p) < 0.8).sum())  # HF's TopP after TopK, written out
+    assert ids[0, :n].tolist() == top.indices[:n].tolist() and bool((probs[0, n:] == 0).all())
+    assert torch.allclose(probs[0, :n], top_p[:n] / top_p[:n].sum(), atol=1e-6)
+    draws = torch.cat([sampler(logits, torch.tensor([0])) for _ in range(3000)])
+    freq = torch.bincount(draws, minlength=40).double() / len(draws)
+    want = torch.zeros(40, dtype=torch.float64)
+    want[top.indices[:n]] = (top_p[:n] / top_p[:n].sum()).double()
+    assert set(draws.tolist()) <= set(top.indices[:n].tolist())
+    assert (freq - want).abs().max() < 4 * math.sqrt(0.25 / len(draws))  # within ~4 standard errors
+
+
+def test_sampling_falls_back_to_generate_with_a_logits_processor(lm):
+    model, tok = lm
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        assert not G._plain_sampling(model)
+        a = G.generate(model, tok, PROMPTS[:2], max_new_tokens=5, num_return_sequences=2, **SAMPLE)
+        assert a == G.generate(model, tok, PROMPTS[:2], max_new_tokens=5, num_return_sequences=2, **SAMPLE)
+    finally:
+        model.generation_config.repetition_penalty = None
