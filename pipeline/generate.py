@@ -137,6 +137,114 @@ class _TallHead:
             del self.head.forward  # back to nn.Linear.forward
 
 
+def prescore_kind(weight: torch.Tensor) -> str | None:
+    """The cheap first pass of _Head on this machine: 'bf16' where the CPU has bf16 matrix
+    units (AVX512-BF16/AMX), 'fp16' (fbgemm's fp16-weight GEMM, fp32 arithmetic) on other x86
+    CPUs, None elsewhere (GPU, no fbgemm). POLYALIGN_PRESCORE=off|fp16|bf16 overrides (tests, bench)."""
+    import os
+
+    from pipeline.train import cpu_has_bf16
+
+    forced = os.environ.get("POLYALIGN_PRESCORE", "")
+    if forced:
+        return None if forced == "off" else forced
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
+        return None
+    if cpu_has_bf16():
+        return "bf16"
+    return "fp16" if "fbgemm" in torch.backends.quantized.supported_engines else None
+
+
+class _Prescore:
+    """A low-precision copy of the output layer W (V, d) and what bounds its error.
+
+    For a hidden state h: |w_i.h - approx_i| <= err * |h| + wnorm * |h - h'| + out_round * max|approx|
+    + slack * |h| (h' the hidden state as the cheap pass reads it; err, wnorm: the largest
+    |w_i - w'_i| and |w'_i| over rows; slack: fp32 accumulation of d products, in both passes)."""
+
+    def __init__(self, weight: torch.Tensor, kind: str):
+        w = weight.detach().float()
+        low = w.to(torch.float16 if kind == "fp16" else torch.bfloat16)
+        self.kind, self.key = kind, (weight.data_ptr(), weight._version, tuple(weight.shape))
+        self.err = float((w - low.float()).norm(dim=1).max())
+        self.wnorm = float(low.float().norm(dim=1).max())
+        self.slack = 2 * w.shape[1] * 2.0 ** -24 * self.wnorm
+        self.out_round = 2.0 ** -8 if kind == "bf16" else 0.0  # bf16 GEMM output is rounded to bf16
+        if kind == "fp16":
+            self.packed = torch.ops.quantized.linear_prepack_fp16(w, None)
+        else:
+            self.low = low
+
+    def approx(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (R, d) -> (approximate logits (R, V) fp32, bound (R, 1) on their error)."""
+        if self.kind == "fp16":
+            h_low = h.float()
+            y = torch.ops.quantized.linear_dynamic_fp16(h_low, self.packed)
+        else:
+            h_low = h.to(torch.bfloat16)
+            y = (self.low @ h_low.t()).t().float()
+        n = h.double().norm(dim=1, keepdim=True)
+        moved = (h.double() - h_low.double()).norm(dim=1, keepdim=True)
+        top = y.abs().amax(1, keepdim=True).double()
+        return y, ((self.err + self.slack) * n + self.wnorm * moved + self.out_round * top).float()
+
+
+class _Head:
+    """The output layer for decoding: logits (all V, the tall GEMM of _TallHead) or the exact
+    top-k / argmax of the logits found cheaply.
+
+    topk: a low-precision pass over all V rows (_Prescore: fp16 weights here, bf16 on CPUs with
+    bf16 units) gives approximate logits y with a proven bound B on their error; a token whose
+    y is more than 2B below the k-th largest y cannot be among the true top k. The rows that
+    remain (a few dozen to a few hundred of 262k on gemma-3-270m) are scored exactly in the
+    model's dtype, so the argmax is that of the full logits (up to ties within float rounding:
+    the exact products are summed in another order than a full GEMM's)."""
+
+    def __init__(self, model):
+        from pipeline.train import lm_parts
+
+        self.body, self.weight, self.softcap = lm_parts(model)
+        module = model.get_output_embeddings()
+        kind = prescore_kind(self.weight)
+        cached = getattr(module, "_polyalign_prescore", None)
+        key = (self.weight.data_ptr(), self.weight._version, tuple(self.weight.shape))
+        if kind and (cached is None or cached.kind != kind or cached.key != key):
+            cached = _Prescore(self.weight, kind)
+            module._polyalign_prescore = cached  # built once per model (~1 s, V x d x 2 bytes)
+        self.pre = cached if kind else None
+
+    def _cap(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h (R, d) -> logits (R, V) in the model's dtype (softcap applied)."""
+        return self._cap(_TallHead.forward(self.weight, h))
+
+    def topk(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (R, d) -> (exact logits (R, k), token ids (R, k)) of the k largest logits, descending;
+        k = 1 breaks ties as argmax does (lowest id)."""
+        if self.pre is None:
+            full = self.logits(h)
+            return _top(full, k, torch.arange(full.shape[1], device=h.device))
+        y, bound = self.pre.approx(h)
+        kth = y.max(1, keepdim=True).values if k == 1 else y.topk(k).values[:, -1:]
+        keep = ((y >= kth - 2 * bound).any(0)).nonzero().squeeze(1).to(h.device)  # (U,), ascending
+        exact = self._cap((self.weight[keep] @ h.to(self.weight.dtype).t()).t())  # (R, U)
+        return _top(exact, k, keep)
+
+    def argmax(self, h: torch.Tensor) -> torch.Tensor:
+        return self.topk(h, 1)[1][:, 0]
+
+
+def _top(logits: torch.Tensor, k: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-k values (R, k), ids[their columns] (R, k)) of logits (R, U); argmax for k = 1."""
+    if k == 1:
+        pos = logits.argmax(-1, keepdim=True)
+        return logits.gather(1, pos), ids[pos]
+    vals, pos = logits.topk(min(k, logits.shape[1]))
+    return vals, ids[pos]
+
+
 # generation_config fields that make HF greedy decoding more than the argmax of the logits
 _GREEDY_PROCESSORS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
                       "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
@@ -187,9 +295,9 @@ def _plain_sampling(model) -> bool:
     return gc is not None and all(getattr(gc, k, None) in ok for k, ok in _SAMPLE_PROCESSORS.items())
 
 
-def _argmax(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Greedy choice: logits (R, V) -> (R,) token ids (rows: the running rows' indices, unused)."""
-    return logits.argmax(-1)
+def _argmax(head: "_Head", hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Greedy choice: hidden states (R, d) -> (R,) token ids (rows: the running rows, unused)."""
+    return head.argmax(hidden)
 
 
 def row_seed(seed: int, ids: list[int], copy: int) -> int:
@@ -230,8 +338,16 @@ class _Sampler:
         probs = probs * keep
         return ids, probs / probs.sum(-1, keepdim=True)
 
-    def __call__(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """logits (R, V) of the running rows (indices `rows` into the seeds) -> (R,) sampled ids."""
+    def __call__(self, head: "_Head", hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """hidden states (R, d) of the running rows (indices `rows` into the seeds) -> (R,) ids.
+        With top-k, only the exact top-k logits are computed (_Head.topk): the same distribution."""
+        if 0 < self.top_k < head.weight.shape[0]:
+            vals, top_ids = head.topk(hidden, self.top_k)
+            return top_ids.gather(1, self.draw(vals, rows)[:, None]).squeeze(1)
+        return self.draw(head.logits(hidden), rows)
+
+    def draw(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """logits (R, V) -> (R,) columns drawn from each row's nucleus with the row's generator."""
         ids, probs = self.nucleus(logits)
         u = torch.stack([torch.rand((), generator=self.gens[r], dtype=torch.float64) for r in rows.tolist()])
         cdf = probs.double().cumsum(-1)
@@ -239,8 +355,9 @@ class _Sampler:
         return ids.gather(1, pick).squeeze(1)
 
 
-def _prefill(model, seqs: list[list[int]], budget: int, pad: int, copies: int):
-    """Run the prompts once: (logits of each row's last position (B * copies, V), cache, mask,
+def _prefill(model, body, seqs: list[list[int]], budget: int, pad: int, copies: int):
+    """Run the prompts once through the decoder `body`: (hidden state of each row's last position
+    (B * copies, d), cache, mask,
     position ids, cache position), every prompt's state repeated `copies` times (rows of one
     prompt stay together). The prefix all rows share (_shared_prefix) runs once."""
     from transformers import DynamicCache
@@ -250,20 +367,20 @@ def _prefill(model, seqs: list[list[int]], budget: int, pad: int, copies: int):
     shared = _shared_prefix(model, seqs, budget)
     if shared:
         positions = torch.arange(shared, device=device)
-        model(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
-              position_ids=positions[None], cache_position=positions, use_cache=True, logits_to_keep=1)
+        body(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
+             position_ids=positions[None], cache_position=positions, use_cache=True)
         cache.batch_repeat_interleave(len(seqs))
     ids, mask = _left_pad([s[shared:] for s in seqs], pad)
     ids, mask = ids.to(device), mask.to(device)
     position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1) + shared
     full_mask = torch.cat([mask.new_ones((mask.shape[0], shared)), mask], dim=-1)
     cache_position = torch.arange(shared, full_mask.shape[1], device=device)
-    logits = model(input_ids=ids, attention_mask=full_mask, position_ids=position, past_key_values=cache,
-                   cache_position=cache_position, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    hidden = body(input_ids=ids, attention_mask=full_mask, position_ids=position, past_key_values=cache,
+                  cache_position=cache_position, use_cache=True).last_hidden_state[:, -1]
     if copies > 1:
         cache.batch_repeat_interleave(copies)
-        logits, full_mask = logits.repeat_interleave(copies, 0), full_mask.repeat_interleave(copies, 0)
-    return logits, cache, full_mask, cache_position[-1:]
+        hidden, full_mask = hidden.repeat_interleave(copies, 0), full_mask.repeat_interleave(copies, 0)
+    return hidden, cache, full_mask, cache_position[-1:]
 
 
 def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], table: "_LineEnd | None",
@@ -271,8 +388,9 @@ def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
     """Decoding of a batch of prompts (token ids), `copies` rows each (row r continues prompt
     r // copies), that drops each row from the batch (and its KV cache) as soon as it is done:
     a stop token, its own token budget (`budgets`, one a prompt) reached, or its first line
-    complete when `table` is given. `pick(logits (R, V), rows (R,)) -> (R,)` chooses the next
-    tokens: argmax (greedy) or a _Sampler.
+    complete when `table` is given. `pick(head, hidden (R, d), rows (R,)) -> (R,)` chooses the
+    next tokens from the last hidden states: the argmax (greedy, _Head.argmax: exact, found
+    through a cheap first pass) or a _Sampler.
 
     HF's generate keeps finished rows in the batch until the last one ends, so one long row
     makes every row pay for its length; here a step costs only the rows still running. The
@@ -285,14 +403,16 @@ def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
     live = [i for i in range(len(seqs)) if budgets[i] > 0]
     if not live:
         return out
-    logits, cache, mask, cache_position = _prefill(model, [seqs[i] for i in live], max(budgets), pad, copies)
+    head = _Head(model)
+    hidden, cache, mask, cache_position = _prefill(model, head.body, [seqs[i] for i in live], max(budgets), pad,
+                                                   copies)
     alive = torch.tensor([i * copies + c for i in live for c in range(copies)], dtype=torch.long)
     left = torch.tensor([budgets[i // copies] for i in alive.tolist()])
     device = _device(model)
     stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=device)
     seen = torch.zeros(len(alive), dtype=torch.bool)
     while True:
-        nxt = pick(logits, alive)
+        nxt = pick(head, hidden, alive)
         for row, t in zip(alive.tolist(), nxt.tolist()):
             out[row].append(t)
         left -= 1
@@ -310,9 +430,8 @@ def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
             nxt, mask = nxt[keep], mask[keep]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         cache_position = cache_position + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                       past_key_values=cache, cache_position=cache_position, use_cache=True,
-                       logits_to_keep=1).logits[:, -1, :]
+        hidden = head.body(input_ids=nxt[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                           past_key_values=cache, cache_position=cache_position, use_cache=True).last_hidden_state[:, -1]
     return out
 
 

@@ -249,14 +249,14 @@ def test_sampler_keeps_the_nucleus_and_draws_its_distribution():
     torch.manual_seed(0)
     logits = torch.randn(1, 40) * 2
     sampler = G._Sampler([11], temperature=0.7, top_k=10, top_p=0.8)
-    ids, probs = sampler.nucleus(logits)
-    p = torch.softmax(logits / 0.7, -1)[0]
-    top = p.topk(10)
+    top = torch.softmax(logits / 0.7, -1)[0].topk(10)
+    ids, probs = sampler.nucleus(logits.topk(10).values)  # what _Head.topk hands it
+    ids = top.indices[ids]
     top_p = top.values / top.values.sum()
     n = int(((top_p.cumsum(0) - top_p) < 0.8).sum())  # HF's TopP after TopK, written out
     assert ids[0, :n].tolist() == top.indices[:n].tolist() and bool((probs[0, n:] == 0).all())
     assert torch.allclose(probs[0, :n], top_p[:n] / top_p[:n].sum(), atol=1e-6)
-    draws = torch.cat([sampler(logits, torch.tensor([0])) for _ in range(3000)])
+    draws = torch.cat([top.indices[sampler.draw(logits.topk(10).values, torch.tensor([0]))] for _ in range(3000)])
     freq = torch.bincount(draws, minlength=40).double() / len(draws)
     want = torch.zeros(40, dtype=torch.float64)
     want[top.indices[:n]] = (top_p[:n] / top_p[:n].sum()).double()
@@ -273,3 +273,48 @@ def test_sampling_falls_back_to_generate_with_a_logits_processor(lm):
         assert a == G.generate(model, tok, PROMPTS[:2], max_new_tokens=5, num_return_sequences=2, **SAMPLE)
     finally:
         model.generation_config.repetition_penalty = None
+
+
+# --------------------------------------------------------------------------- the pre-scored head
+@pytest.mark.parametrize("kind", ["fp16", "bf16"])
+def test_prescored_head_gives_the_exact_top_k_within_its_bound(monkeypatch, kind):
+    """Output layer of the real shape ratio, hidden states with outliers: the cheap pass's error
+    stays within its bound, and topk / argmax equal those of the full logits."""
+    monkeypatch.setenv("POLYALIGN_PRESCORE", kind)
+    torch.manual_seed(0)
+    weight = torch.randn(5000, 64) * 0.05
+    hidden = torch.randn(24, 64) * 3
+    hidden[:, 5] *= 20  # an outlier dimension, as gemma's final norm makes
+    hidden[1] = hidden[0]  # identical rows, and a near-tie between two tokens:
+    weight[7] = weight[3] + 1e-9
+
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = torch.nn.Linear(64, 5000, bias=False)
+            self.lm_head.weight.data = weight
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+    model = Fake()
+    monkeypatch.setattr("pipeline.train.lm_parts", lambda m: (None, m.lm_head.weight, None))
+    head = G._Head(model)
+    assert head.pre is not None and head.pre.kind == kind
+    full = hidden @ weight.t()
+    approx, bound = head.pre.approx(hidden)
+    assert bool(((approx - full).abs() <= bound).all())
+    assert head.argmax(hidden).tolist() == full.argmax(-1).tolist()
+    vals, ids = head.topk(hidden, 20)
+    assert ids.tolist() == full.topk(20).indices.tolist()
+    assert torch.allclose(vals, full.topk(20).values, atol=1e-5)
+    assert G._Head(model).pre is head.pre  # built once per weight
+
+
+def test_greedy_with_the_bf16_prescore_equals_transformers_generate(lm, monkeypatch):
+    """The path CPUs with bf16 units take (slow here, emulated): still HF's greedy tokens."""
+    monkeypatch.setenv("POLYALIGN_PRESCORE", "bf16")
+    model, tok = lm
+    prompts = by_length(tok, PROMPTS)
+    ours = G.generate_ids(model, tok, prompts, max_new_tokens=20, batch_size=8)
+    assert [r[0] for r in ours] == hf_greedy(model, tok, prompts, 20)
