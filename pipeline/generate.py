@@ -627,18 +627,19 @@ def _context_groups(body, pieces, max_len: int) -> tuple[list, list]:
 
 @torch.inference_mode()
 def sum_logprobs(model, items: list[tuple[list[int], list[int]]], batch_size: int = 8,
-                 max_len: int = 2048) -> list[float]:
+                 max_len: int = 2048, share_contexts: bool = True) -> list[float]:
     """Sum of log p(target | context) in nats for each (context ids, target ids) item.
 
     Items are scored in batches of similar length (sorted, longest first; results in item
     order). Items that share a context (answer options after one question) run the context
-    once and copy its KV cache to each option (_score_groups); up to float rounding, the same sums."""
+    once and copy its KV cache to each option (_score_groups); up to float rounding, the same sums
+    (`share_contexts=False`: every item on its own row, for comparison)."""
     body, weight, softcap = lm_parts(model)
     pieces = [(k, ctx, tgt) for k, item in enumerate(items) if item[1] for ctx, tgt in windows(*item, max_len)]
     if any(not c for _, c, _ in pieces):
         raise PolyalignError("(tokenizer)", "bos_token", "no start token to condition the first token on",
                              "use a tokenizer with a BOS or EOS token")
-    groups, rest = _context_groups(body, pieces, max_len)
+    groups, rest = _context_groups(body, pieces, max_len) if share_contexts else ([], pieces)
     totals = [0.0] * len(items)
     rest.sort(key=lambda p: -(len(p[1]) + len(p[2])))
     for start in range(0, len(rest), batch_size):
