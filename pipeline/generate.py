@@ -164,16 +164,19 @@ class _Prescore:
 
     def __init__(self, weight: torch.Tensor, kind: str):
         w = weight.detach().float()
-        low = w.to(torch.float16 if kind == "fp16" else torch.bfloat16)
+        dtype = torch.float16 if kind == "fp16" else torch.bfloat16
         self.kind, self.key = kind, (weight.data_ptr(), weight._version, tuple(weight.shape))
-        self.err = float((w - low.float()).norm(dim=1).max())
-        self.wnorm = float(low.float().norm(dim=1).max())
+        self.err, self.wnorm = 0.0, 0.0
+        for rows in w.split(16384):  # in pieces: no V x d temporaries beside the weight
+            low = rows.to(dtype).float()
+            self.err = max(self.err, float((rows - low).norm(dim=1).max()))  # 0 for weights stored in bf16
+            self.wnorm = max(self.wnorm, float(low.norm(dim=1).max()))
         self.slack = 2 * w.shape[1] * 2.0 ** -24 * self.wnorm
         self.out_round = 2.0 ** -8 if kind == "bf16" else 0.0  # bf16 GEMM output is rounded to bf16
         if kind == "fp16":
             self.packed = torch.ops.quantized.linear_prepack_fp16(w, None)
         else:
-            self.low = low
+            self.low = w.to(dtype)
 
     def approx(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (R, d) -> (approximate logits (R, V) fp32, bound (R, 1) on their error)."""
