@@ -7,8 +7,14 @@ the token boundary it was trained on.
 Speed (bench/bench_generate.py, figures in reports/bench.json): prompts are sorted by
 length and generated in left-padded batches with the KV cache, so one pass over the
 weights (the 262k x 640 output layer alone is 671 MB in fp32) serves a whole batch
-instead of one sequence. Scoring computes output-layer logits only at the positions
-being scored, in chunks, never the full (batch, length, vocab) tensor.
+instead of one sequence. Decoding (greedy and sampling) is our own loop (_decode): a row
+leaves the batch when it is done, a prefix all rows share runs once, and the next token comes
+from _Head: the exact argmax / top-k of the logits found through a cheap fp16 (bf16 where the
+CPU has bf16 units) pass over the output layer with a proven error bound, plus an exact pass
+over the few rows the bound cannot rule out. Sampling draws from one seeded generator per row,
+so a row's sample does not depend on its batch-mates. Scoring computes output-layer logits
+only at the positions being scored, in chunks, never the full (batch, length, vocab) tensor,
+and runs a context shared by several targets (answer options) once.
 """
 
 from __future__ import annotations
@@ -512,7 +518,8 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int | list[int],
              desc: str | None = None) -> list[str] | list[list[str]]:
     """Continuations only (prompt not repeated, special tokens dropped), batched and left-padded.
 
-    Greedy by default; `do_sample` with temperature/top_p samples (seeded per batch).
+    Greedy by default; `do_sample` samples with temperature, the model's top-k, then top_p,
+    each row from its own generator seeded by (seed, prompt, return sequence number).
     One string per prompt, or a list of `num_return_sequences` strings per prompt.
     """
     ids = generate_ids(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
