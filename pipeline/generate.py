@@ -198,6 +198,45 @@ class _Prescore:
         return y, ((self.err + self.slack) * n + self.wnorm * moved + self.out_round * top).float()
 
 
+class _Fp16Linears:
+    """While decoding, the decoder's linear layers whose fp32 weights are exactly fp16 numbers
+    (gemma's: stored in bf16, all in fp16's range) run fbgemm's fp16-weight GEMM: the same
+    products in fp32 arithmetic, summed in another order (outputs agree to float rounding, as
+    with _TallHead), reading half the bytes. Decoding steps are memory-bound on CPU: the layers
+    of gemma-3-270m at 16-32 rows ran in 0.45-0.6x the CPU time (bench/bench_generate.py).
+    Only where prescore_kind is 'fp16' (x86 CPU without bf16 units); a layer with any weight
+    fp16 cannot hold exactly is left as it is."""
+
+    def __init__(self, body, enabled: bool):
+        self.layers = [m for m in body.modules() if type(m) is torch.nn.Linear] if enabled and body else []
+        self.layers = [m for m in self.layers if _fp16_pack(m) is not None]
+
+    def __enter__(self):
+        for m in self.layers:
+            packed = m._polyalign_fp16[1]
+            m.forward = lambda x, packed=packed, n=m.out_features: torch.ops.quantized.linear_dynamic_fp16(
+                x.reshape(-1, x.shape[-1]), packed).reshape(*x.shape[:-1], n)
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.layers:
+            del m.forward  # back to nn.Linear.forward
+
+
+def _fp16_pack(m: torch.nn.Linear):
+    """fbgemm's packed fp16 copy of a linear layer (built once, kept on the layer), or None
+    where its weight is not fp32 on CPU or not exactly representable in fp16."""
+    w = m.weight
+    key = (w.data_ptr(), w._version)
+    cached = getattr(m, "_polyalign_fp16", None)
+    if cached is None or cached[0] != key:
+        exact = w.dtype == torch.float32 and w.device.type == "cpu" and bool(torch.equal(w.half().float(), w))
+        bias = None if m.bias is None else m.bias.detach()
+        cached = (key, torch.ops.quantized.linear_prepack_fp16(w.detach(), bias) if exact else None)
+        m._polyalign_fp16 = cached
+    return cached[1]
+
+
 class _Head:
     """The output layer for decoding: logits (all V, the tall GEMM of _TallHead) or the exact
     top-k / argmax of the logits found cheaply.
@@ -221,6 +260,7 @@ class _Head:
             cached = _Prescore(self.weight, kind)
             module._polyalign_prescore = cached  # built once per model (~1 s, V x d x 2 bytes)
         self.pre = cached if kind else None
+        self.fp16_body = _Fp16Linears(self.body, kind == "fp16")
 
     def _cap(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
@@ -413,6 +453,12 @@ def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
     if not live:
         return out
     head = _Head(model)
+    with head.fp16_body:
+        return _decode_loop(head, model, seqs, live, budgets, stop, table, pad, pick, copies, out)
+
+
+def _decode_loop(head, model, seqs, live, budgets, stop, table, pad, pick, copies, out) -> list[list[int]]:
+    """The body of _decode (prefill, then one step a token while any row runs)."""
     hidden, cache, mask, cache_position = _prefill(model, head.body, [seqs[i] for i in live], max(budgets), pad,
                                                    copies)
     alive = torch.tensor([i * copies + c for i in live for c in range(copies)], dtype=torch.long)

@@ -318,3 +318,29 @@ def test_greedy_with_the_bf16_prescore_equals_transformers_generate(lm, monkeypa
     prompts = by_length(tok, PROMPTS)
     ours = G.generate_ids(model, tok, prompts, max_new_tokens=20, batch_size=8)
     assert [r[0] for r in ours] == hf_greedy(model, tok, prompts, 20)
+
+
+def test_fp16_body_layers_give_the_fp32_logits_and_greedy_tokens(monkeypatch):
+    """Weights that fp16 holds exactly (gemma's, stored in bf16): the fbgemm fp16 layers compute
+    the same products, so logits agree to float rounding and greedy decoding is unchanged."""
+    from pipeline.models import load_model
+
+    monkeypatch.setenv("POLYALIGN_PRESCORE", "fp16")
+    model, tok = load_model(TINY, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    head = G._Head(model)
+    assert len(head.fp16_body.layers) >= 4 * model.config.num_hidden_layers  # q, k, v, o (and the MLP)
+    ids = torch.tensor([G._encode_prompt(tok, PROMPTS[2])])
+    with torch.no_grad():
+        plain = model(ids).logits
+        with head.fp16_body:
+            assert "forward" in vars(head.fp16_body.layers[0])  # fbgemm's fp16 GEMM
+            fast = model(ids).logits
+    assert "forward" not in vars(head.fp16_body.layers[0])  # restored
+    assert torch.allclose(plain, fast, atol=1e-4)
+    prompts = by_length(tok, PROMPTS)
+    ours = G.generate_ids(model, tok, prompts, max_new_tokens=12, batch_size=8)
+    monkeypatch.setenv("POLYALIGN_PRESCORE", "off")
+    assert ours == G.generate_ids(model, tok, prompts, max_new_tokens=12, batch_size=8)
