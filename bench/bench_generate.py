@@ -103,7 +103,7 @@ def scoring(model, tok, n: int, batch_size: int = 8) -> dict:
     running the shared question once."""
     from pipeline.generate import _encode_prompt, sum_logprobs, text_nll_bits
 
-    texts = prompts(n, offset=2000)
+    texts = prompts(n, offset=500)
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     out = {}
     start = time.perf_counter()
