@@ -1,4 +1,4 @@
-"""Generation throughput: pipeline.generate's batched greedy decoding against a per-example loop.
+"""Generation and scoring throughput: pipeline.generate's batched decoding against a per-example loop.
 
 Baseline: the plain recipe, one prompt at a time, `tokenizer(prompt)` then
 `model.generate(max_new_tokens, do_sample=False)`. Ours: pipeline.generate.generate_ids
@@ -7,6 +7,12 @@ Same model object, same prompts
 (NTREX English -> Galician translation prompts), greedy. Tokens counted are the new
 tokens really generated (up to and including EOS), in both cases. Also reported: the
 share of prompts whose batched output equals the per-example output token for token.
+
+Also, same prompts and model: greedy with the output layer's fp32 GEMM instead of the
+pre-scored head (POLYALIGN_PRESCORE=off: outputs must be identical); sampling (temperature
+0.8, top-p 0.95, the model's top-k) ours vs the per-example `model.generate(do_sample=True)`
+loop; scoring (sum_logprobs) of NTREX sentences (bits per byte, every token scored) and of
+survey-like items (one question, several answer options: shared context vs one row each).
 
     python bench/bench_generate.py --prompts 32 --new 32 --batch-sizes 8 16 32 --out result.json
 """
@@ -48,33 +54,113 @@ def per_example(model, tok, texts: list[str], new: int) -> tuple[list[list[int]]
     return outs, time.perf_counter() - start, time.process_time() - cpu
 
 
-def batched(model, tok, texts: list[str], new: int, batch_size: int) -> tuple[list[list[int]], float, float]:
+def batched(model, tok, texts: list[str], new: int, batch_size: int, **opts) -> tuple[list[list[int]], float, float]:
     from pipeline.generate import generate_ids
 
     start, cpu = time.perf_counter(), time.process_time()
-    ids = generate_ids(model, tok, texts, max_new_tokens=new, batch_size=batch_size)
+    ids = generate_ids(model, tok, texts, max_new_tokens=new, batch_size=batch_size, **opts)
     return [rows[0] for rows in ids], time.perf_counter() - start, time.process_time() - cpu
+
+
+SAMPLE = dict(do_sample=True, temperature=0.8, top_p=0.95)
+
+
+def per_example_sampled(model, tok, texts: list[str], new: int) -> tuple[int, float]:
+    """transformers' sampling one prompt at a time: (new tokens up to EOS, wall seconds)."""
+    import torch
+
+    from pipeline.generate import _eos_ids, _trim
+
+    stop, tokens, start = _eos_ids(model, tok), 0, time.perf_counter()
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for text in texts:
+            enc = tok(text, return_tensors="pt")
+            seq = model.generate(**enc, max_new_tokens=new, pad_token_id=tok.pad_token_id, **SAMPLE)
+            tokens += len(_trim(seq[0, enc["input_ids"].shape[1]:].tolist(), stop))
+    return tokens, time.perf_counter() - start
+
+
+def rate(tokens: int, seconds: float, cpu: float | None = None) -> dict:
+    out = {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": tokens / seconds}
+    return out if cpu is None else out | {"cpu_s": round(cpu, 2)}
+
+
+def without_prescore(model, tok, texts, new, batch_size) -> tuple[list[list[int]], float, float]:
+    """Batched greedy with the full fp32 output layer at every step (the loop before the pre-scored head)."""
+    import os
+
+    os.environ["POLYALIGN_PRESCORE"] = "off"
+    try:
+        return batched(model, tok, texts, new, batch_size)
+    finally:
+        del os.environ["POLYALIGN_PRESCORE"]
+
+
+def scoring(model, tok, n: int, batch_size: int = 8) -> dict:
+    """Scored tokens a second: NTREX sentences given BOS (laft_eval's bits per byte) and
+    survey-like items (a question, 5 answer options: culture_eval's scoring) with and without
+    running the shared question once."""
+    from pipeline.generate import _encode_prompt, sum_logprobs, text_nll_bits
+
+    texts = prompts(n, offset=500)
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    out = {}
+    start = time.perf_counter()
+    text_nll_bits(model, tok, texts, batch_size=batch_size)
+    out["text_bits"] = rate(sum(len(enc(t)) for t in texts), time.perf_counter() - start)
+    options = [" 1", " 2", " 3", " 4", " 5"]
+    items = [(_encode_prompt(tok, f"{t}\nHow much do you agree? Answer 1-5:"), enc(o)) for t in texts[:n // 2]
+             for o in options]
+    sums = {}
+    for share in (False, True):
+        start = time.perf_counter()
+        sums[share] = sum_logprobs(model, items, batch_size=batch_size, share_contexts=share)
+        out[f"options_{'shared' if share else 'rows'}"] = rate(sum(len(c) + len(t) for c, t in items),
+                                                              time.perf_counter() - start)
+    out["options_shared"]["speedup"] = out["options_shared"]["tokens_per_s"] / out["options_rows"]["tokens_per_s"]
+    out["options_max_abs_diff_nats"] = max(abs(a - b) for a, b in zip(sums[False], sums[True]))
+    return out
 
 
 def head_shapes(model, rows=(1, 8, 16, 256), reps: int = 3) -> dict:
     """Milliseconds of the output layer for `rows` hidden states: h @ W.T (what nn.Linear runs)
-    against (W @ h.T).T (what pipeline.generate runs on CPU), same weights, same products."""
+    against (W @ h.T).T (the tall GEMM pipeline.generate runs for full logits on CPU), same
+    weights, same products; and the pre-scored exact argmax (_Head.argmax) greedy decoding runs."""
     import torch
 
-    weight = model.get_output_embeddings().weight.detach()
-    out = {}
+    from pipeline.generate import _Head
+
+    weight, head = model.get_output_embeddings().weight.detach(), _Head(model)
+    out = {"prescore": head.pre.kind if head.pre else None}
     with torch.inference_mode():
         for n in rows:
             h = torch.randn(n, weight.shape[1], dtype=weight.dtype)
             times = {}
-            for name, fn in (("h_at_wt", lambda: h @ weight.t()), ("w_at_ht", lambda: (weight @ h.t()).t())):
+            for name, fn in (("h_at_wt", lambda: h @ weight.t()), ("w_at_ht", lambda: (weight @ h.t()).t()),
+                             ("prescored_argmax", lambda: head.argmax(h))):
                 fn()
                 start = time.perf_counter()
                 for _ in range(reps):
                     fn()
                 times[name] = (time.perf_counter() - start) / reps * 1000
             out[f"rows_{n}"] = {**{f"{k}_ms": round(v, 1) for k, v in times.items()},
-                                "speedup": round(times["h_at_wt"] / times["w_at_ht"], 2)}
+                                "speedup": round(times["h_at_wt"] / times["w_at_ht"], 2),
+                                "prescored_speedup": round(times["w_at_ht"] / times["prescored_argmax"], 2)}
+    return out
+
+
+def others(model, tok, texts: list[str], new: int, batch: int, greedy_ids: list[list[int]]) -> dict:
+    """At batch `batch`: greedy with the fp32 output layer (identical to `greedy_ids`, ours at that
+    batch?) and sampling, ours vs the per-example loop."""
+    ids, secs, cpu = without_prescore(model, tok, texts, new, batch)
+    out = {f"batch_{batch}_fp32_head": rate(sum(map(len, ids)), secs, cpu) | {
+        "same_as_prescored": sum(a == b for a, b in zip(ids, greedy_ids)) / len(ids)}}
+    tokens, secs = per_example_sampled(model, tok, texts, new)
+    out["sampled_per_example"] = rate(tokens, secs)
+    ids, secs, cpu = batched(model, tok, texts, new, batch, **SAMPLE)
+    out[f"sampled_batch_{batch}"] = rate(sum(map(len, ids)), secs, cpu) | {
+        "speedup": (sum(map(len, ids)) / secs) / out["sampled_per_example"]["tokens_per_s"]}
     return out
 
 
@@ -95,20 +181,24 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     model, tok = load_model(MODEL)
     texts = prompts(args.prompts)
-    batched(model, tok, texts[:2], 2, 2)  # warm-up: first-call allocations are not generation speed
+    start = time.perf_counter()
+    batched(model, tok, texts[:2], 2, 2)  # warm-up: first-call allocations and the pre-scored head's copy
+    warmup_s = time.perf_counter() - start
     base_ids, base_s, base_cpu = per_example(model, tok, texts, args.new)
     base_tokens = sum(map(len, base_ids))
     result = {"model": MODEL, "dtype": str(model.dtype), "prompts": len(texts), "max_new_tokens": args.new,
-              "threads": torch.get_num_threads(),
+              "threads": torch.get_num_threads(), "warmup_s_incl_prescore_copy": round(warmup_s, 2),
               "per_example": {"tokens": base_tokens, "seconds": base_s, "cpu_s": base_cpu,
                               "tokens_per_s": base_tokens / base_s}}
-    for bs in args.batch_sizes:
+    for bs in sorted(args.batch_sizes):  # the largest last: `ids` below are its outputs
         ids, secs, cpu = batched(model, tok, texts, args.new, bs)
         tokens = sum(map(len, ids))
         result[f"batch_{bs}"] = {"tokens": tokens, "seconds": secs, "cpu_s": cpu, "tokens_per_s": tokens / secs,
                                  "speedup": (tokens / secs) / (base_tokens / base_s),
                                  "speedup_cpu_time": (tokens / cpu) / (base_tokens / base_cpu),
                                  "same_as_per_example": sum(a == b for a, b in zip(ids, base_ids)) / len(ids)}
+    result |= others(model, tok, texts, args.new, max(args.batch_sizes), ids)
+    result["scoring"] = scoring(model, tok, args.prompts)
     result["output_layer"] = head_shapes(model)
     result["peak_rss_gb"] = peak_rss_gb()
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -179,7 +179,7 @@ def compare(pack: str = typer.Option(None, help="only this pack"),
             stage: str = typer.Option(None, help="only this stage"),
             metric: str = typer.Option(None, help="only metrics containing this text")) -> None:
     """The cross-lingual / cross-cultural scorecard (reports/scorecard.json) as a table."""
-    from stages.compare import compare_cli
+    from pipeline.scorecard import compare_cli
 
     try:
         compare_cli(pack, stage, metric)

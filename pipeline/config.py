@@ -161,7 +161,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "lid": ["lid", "data"],
     "data": ["data", "stats.mde.data"],
     "rm_train": ["model.base", "rm_train", "train", "stats.mde.rm_train"],
-    "rm_transfer": ["model.base", "rm_train", "rm_transfer", "train", "stats.mde.rm_transfer"],
+    "rm_transfer": ["model.base", "rm_train", "rm_transfer", "train", "taco.eval", "stats.mde.rm_transfer"],
     "taco_data": ["model.base", *TACO_DATA_KEYS],
     "taco_sft": ["model.base", "taco.base", "taco.min_samples", "taco.sft", "train"],
     "taco_eval": ["model.base", "taco.base", "taco.min_eval", "taco.eval", "taco.judge", "stats.mde.taco_eval"],
@@ -179,5 +179,6 @@ STAGE_PARAMS: dict[str, list[str]] = {
                      "culture.eval", "culture.blend", "stats.mde.culture_eval"],
     "mt_errors": ["model.base", "mt_errors", "taco.base", "laft.base", "stats.mde.mt_errors"],
     "scorecard": [],
+    "scorecard_shared": [],
     "compare": ["languages", "cultures"],
 }

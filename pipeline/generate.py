@@ -7,8 +7,14 @@ the token boundary it was trained on.
 Speed (bench/bench_generate.py, figures in reports/bench.json): prompts are sorted by
 length and generated in left-padded batches with the KV cache, so one pass over the
 weights (the 262k x 640 output layer alone is 671 MB in fp32) serves a whole batch
-instead of one sequence. Scoring computes output-layer logits only at the positions
-being scored, in chunks, never the full (batch, length, vocab) tensor.
+instead of one sequence. Decoding (greedy and sampling) is our own loop (_decode): a row
+leaves the batch when it is done, a prefix all rows share runs once, and the next token comes
+from _Head: the exact argmax / top-k of the logits found through a cheap fp16 (bf16 where the
+CPU has bf16 units) pass over the output layer with a proven error bound, plus an exact pass
+over the few rows the bound cannot rule out. Sampling draws from one seeded generator per row,
+so a row's sample does not depend on its batch-mates. Scoring computes output-layer logits
+only at the positions being scored, in chunks, never the full (batch, length, vocab) tensor,
+and runs a context shared by several targets (answer options) once.
 """
 
 from __future__ import annotations
@@ -137,6 +143,157 @@ class _TallHead:
             del self.head.forward  # back to nn.Linear.forward
 
 
+def prescore_kind(weight: torch.Tensor) -> str | None:
+    """The cheap first pass of _Head on this machine: 'bf16' where the CPU has bf16 matrix
+    units (AVX512-BF16/AMX), 'fp16' (fbgemm's fp16-weight GEMM, fp32 arithmetic) on other x86
+    CPUs, None elsewhere (GPU, no fbgemm). POLYALIGN_PRESCORE=off|fp16|bf16 overrides (tests, bench)."""
+    import os
+
+    from pipeline.train import cpu_has_bf16
+
+    forced = os.environ.get("POLYALIGN_PRESCORE", "")
+    if forced:
+        return None if forced == "off" else forced
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
+        return None
+    if cpu_has_bf16():
+        return "bf16"
+    return "fp16" if "fbgemm" in torch.backends.quantized.supported_engines else None
+
+
+class _Prescore:
+    """A low-precision copy of the output layer W (V, d) and what bounds its error.
+
+    For a hidden state h: |w_i.h - approx_i| <= err * |h| + wnorm * |h - h'| + out_round * max|approx|
+    + slack * |h| (h' the hidden state as the cheap pass reads it; err, wnorm: the largest
+    |w_i - w'_i| and |w'_i| over rows; slack: fp32 accumulation of d products, in both passes)."""
+
+    def __init__(self, weight: torch.Tensor, kind: str):
+        w = weight.detach().float()
+        dtype = torch.float16 if kind == "fp16" else torch.bfloat16
+        self.kind, self.key = kind, (weight.data_ptr(), weight._version, tuple(weight.shape))
+        self.err, self.wnorm = 0.0, 0.0
+        for rows in w.split(16384):  # in pieces: no V x d temporaries beside the weight
+            low = rows.to(dtype).float()
+            self.err = max(self.err, float((rows - low).norm(dim=1).max()))  # 0 for weights stored in bf16
+            self.wnorm = max(self.wnorm, float(low.norm(dim=1).max()))
+        self.slack = 2 * w.shape[1] * 2.0 ** -24 * self.wnorm
+        self.out_round = 2.0 ** -8 if kind == "bf16" else 0.0  # bf16 GEMM output is rounded to bf16
+        if kind == "fp16":
+            self.packed = torch.ops.quantized.linear_prepack_fp16(w, None)
+        else:
+            self.low = w.to(dtype)
+
+    def approx(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (R, d) -> (approximate logits (R, V) fp32, bound (R, 1) on their error)."""
+        if self.kind == "fp16":
+            h_low = h.float()
+            y = torch.ops.quantized.linear_dynamic_fp16(h_low, self.packed)
+        else:
+            h_low = h.to(torch.bfloat16)
+            y = (self.low @ h_low.t()).t().float()
+        n = h.double().norm(dim=1, keepdim=True)
+        moved = (h.double() - h_low.double()).norm(dim=1, keepdim=True)
+        top = y.abs().amax(1, keepdim=True).double()
+        return y, ((self.err + self.slack) * n + self.wnorm * moved + self.out_round * top).float()
+
+
+class _Fp16Linears:
+    """While decoding, the decoder's linear layers whose fp32 weights are exactly fp16 numbers
+    (gemma's: stored in bf16, all in fp16's range) run fbgemm's fp16-weight GEMM: the same
+    products in fp32 arithmetic, summed in another order (outputs agree to float rounding, as
+    with _TallHead), reading half the bytes. Decoding steps are memory-bound on CPU: the layers
+    of gemma-3-270m at 16-32 rows ran in 0.45-0.6x the CPU time (bench/bench_generate.py).
+    Only where prescore_kind is 'fp16' (x86 CPU without bf16 units); a layer with any weight
+    fp16 cannot hold exactly is left as it is."""
+
+    def __init__(self, body, enabled: bool):
+        self.layers = [m for m in body.modules() if type(m) is torch.nn.Linear] if enabled and body else []
+        self.layers = [m for m in self.layers if _fp16_pack(m) is not None]
+
+    def __enter__(self):
+        for m in self.layers:
+            packed = m._polyalign_fp16[1]
+            m.forward = lambda x, packed=packed, n=m.out_features: torch.ops.quantized.linear_dynamic_fp16(
+                x.reshape(-1, x.shape[-1]), packed).reshape(*x.shape[:-1], n)
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.layers:
+            del m.forward  # back to nn.Linear.forward
+
+
+def _fp16_pack(m: torch.nn.Linear):
+    """fbgemm's packed fp16 copy of a linear layer (built once, kept on the layer), or None
+    where its weight is not fp32 on CPU or not exactly representable in fp16."""
+    w = m.weight
+    key = (w.data_ptr(), w._version)
+    cached = getattr(m, "_polyalign_fp16", None)
+    if cached is None or cached[0] != key:
+        exact = w.dtype == torch.float32 and w.device.type == "cpu" and bool(torch.equal(w.half().float(), w))
+        bias = None if m.bias is None else m.bias.detach()
+        cached = (key, torch.ops.quantized.linear_prepack_fp16(w.detach(), bias) if exact else None)
+        m._polyalign_fp16 = cached
+    return cached[1]
+
+
+class _Head:
+    """The output layer for decoding: logits (all V, the tall GEMM of _TallHead) or the exact
+    top-k / argmax of the logits found cheaply.
+
+    topk: a low-precision pass over all V rows (_Prescore: fp16 weights here, bf16 on CPUs with
+    bf16 units) gives approximate logits y with a proven bound B on their error; a token whose
+    y is more than 2B below the k-th largest y cannot be among the true top k. The rows that
+    remain (a few dozen to a few hundred of 262k on gemma-3-270m) are scored exactly in the
+    model's dtype, so the argmax is that of the full logits (up to ties within float rounding:
+    the exact products are summed in another order than a full GEMM's)."""
+
+    def __init__(self, model):
+        from pipeline.train import lm_parts
+
+        self.body, self.weight, self.softcap = lm_parts(model)
+        module = model.get_output_embeddings()
+        kind = prescore_kind(self.weight)
+        cached = getattr(module, "_polyalign_prescore", None)
+        key = (self.weight.data_ptr(), self.weight._version, tuple(self.weight.shape))
+        if kind and (cached is None or cached.kind != kind or cached.key != key):
+            cached = _Prescore(self.weight, kind)
+            module._polyalign_prescore = cached  # built once per model (~1 s, V x d x 2 bytes)
+        self.pre = cached if kind else None
+        self.fp16_body = _Fp16Linears(self.body, kind == "fp16")
+
+    def _cap(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h (R, d) -> logits (R, V) in the model's dtype (softcap applied)."""
+        return self._cap(_TallHead.forward(self.weight, h))
+
+    def topk(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (R, d) -> (exact logits (R, k), token ids (R, k)) of the k largest logits, descending;
+        k = 1 breaks ties as argmax does (lowest id)."""
+        if self.pre is None:
+            full = self.logits(h)
+            return _top(full, k, torch.arange(full.shape[1], device=h.device))
+        y, bound = self.pre.approx(h)
+        kth = y.max(1, keepdim=True).values if k == 1 else y.topk(k).values[:, -1:]
+        keep = ((y >= kth - 2 * bound).any(0)).nonzero().squeeze(1).to(h.device)  # (U,), ascending
+        exact = self._cap((self.weight[keep] @ h.to(self.weight.dtype).t()).t())  # (R, U)
+        return _top(exact, k, keep)
+
+    def argmax(self, h: torch.Tensor) -> torch.Tensor:
+        return self.topk(h, 1)[1][:, 0]
+
+
+def _top(logits: torch.Tensor, k: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-k values (R, k), ids[their columns] (R, k)) of logits (R, U); argmax for k = 1."""
+    if k == 1:
+        pos = logits.argmax(-1, keepdim=True)
+        return logits.gather(1, pos), ids[pos]
+    vals, pos = logits.topk(min(k, logits.shape[1]))
+    return vals, ids[pos]
+
+
 # generation_config fields that make HF greedy decoding more than the argmax of the logits
 _GREEDY_PROCESSORS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
                       "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
@@ -176,45 +333,141 @@ def _shared_prefix(model, seqs: list[list[int]], budget: int) -> int:
     return shared
 
 
-def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], table: "_LineEnd | None",
-            pad: int) -> list[list[int]]:
-    """Greedy decoding of a batch of prompts (token ids) that drops each row from the batch (and
-    its KV cache) as soon as it is done: a stop token, its own token budget (`budgets`, one a
-    row) reached, or its first line complete when `table` is given.
+# generation_config fields that make sampling more than temperature, top-k and top-p
+_SAMPLE_PROCESSORS = _GREEDY_PROCESSORS | {"typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
+                                           "eta_cutoff": (None, 0.0), "min_p": (None, 0.0)}
 
-    HF's generate keeps finished rows in the batch until the last one ends, so one long row
-    makes every row pay for its length; here a step costs only the rows still running. The
-    prefix all rows share (_shared_prefix) is run once and its KV cache copied to every row.
-    Otherwise the inputs of generate's greedy search (left padding, position ids from the
-    mask, cache positions, one logit row per step), so the same tokens: tests compare the two.
-    """
+
+def _plain_sampling(model) -> bool:
+    """True when HF's sampling on this model is temperature, top-k and top-p only (what _Sampler does)."""
+    gc = getattr(model, "generation_config", None)
+    return gc is not None and all(getattr(gc, k, None) in ok for k, ok in _SAMPLE_PROCESSORS.items())
+
+
+def _argmax(head: "_Head", hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Greedy choice: hidden states (R, d) -> (R,) token ids (rows: the running rows, unused)."""
+    return head.argmax(hidden)
+
+
+def row_seed(seed: int, ids: list[int], copy: int) -> int:
+    """The seed of one sampled row: a function of the call's seed, the prompt's token ids and the
+    return-sequence number only, so a row's sample does not depend on its batch-mates."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{copy}:{','.join(map(str, ids))}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class _Sampler:
+    """Temperature, then top-k, then top-p (HF's order and definitions), one seeded
+    torch.Generator per row: each row draws one uniform number a step from its own generator.
+
+    top-p keeps the smallest prefix of the probability-sorted tokens whose mass reaches top_p
+    (a token is kept when the mass strictly above it is below top_p; the first always is)."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_k: int | None, top_p: float):
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_k, self.top_p = temperature, top_k or 0, top_p
+
+    def nucleus(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits (R, V) -> (token ids (R, k), probabilities (R, k)) of the kept tokens, sorted
+        by probability, zero beyond each row's nucleus, rows summing to 1."""
+        logits = logits.float() / self.temperature
+        k = self.top_k if 0 < self.top_k < logits.shape[-1] else logits.shape[-1]
+        lse = torch.logsumexp(logits.topk(k).values if k < logits.shape[-1] else logits, -1, keepdim=True)
+        width = min(k, 256)
+        while True:  # widen the sorted window until every row's nucleus fits in it
+            vals, ids = logits.topk(width)
+            probs = (vals - lse).exp()
+            keep = (probs.cumsum(-1) - probs) < self.top_p
+            if width >= k or not bool(keep[:, -1].any()):
+                break
+            width = min(k, width * 4)
+        keep[:, 0] = True
+        probs = probs * keep
+        return ids, probs / probs.sum(-1, keepdim=True)
+
+    def __call__(self, head: "_Head", hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """hidden states (R, d) of the running rows (indices `rows` into the seeds) -> (R,) ids.
+        With top-k, only the exact top-k logits are computed (_Head.topk): the same distribution."""
+        if 0 < self.top_k < head.weight.shape[0]:
+            vals, top_ids = head.topk(hidden, self.top_k)
+            return top_ids.gather(1, self.draw(vals, rows)[:, None]).squeeze(1)
+        return self.draw(head.logits(hidden), rows)
+
+    def draw(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """logits (R, V) -> (R,) columns drawn from each row's nucleus with the row's generator."""
+        ids, probs = self.nucleus(logits)
+        u = torch.stack([torch.rand((), generator=self.gens[r], dtype=torch.float64) for r in rows.tolist()])
+        cdf = probs.double().cumsum(-1)
+        pick = torch.searchsorted(cdf, u[:, None].to(cdf.device) * cdf[:, -1:]).clamp_max(ids.shape[1] - 1)
+        return ids.gather(1, pick).squeeze(1)
+
+
+def _prefill(model, body, seqs: list[list[int]], budget: int, pad: int, copies: int):
+    """Run the prompts once through the decoder `body`: (hidden state of each row's last position
+    (B * copies, d), cache, mask,
+    position ids, cache position), every prompt's state repeated `copies` times (rows of one
+    prompt stay together). The prefix all rows share (_shared_prefix) runs once."""
     from transformers import DynamicCache
 
-    out: list[list[int]] = [[] for _ in seqs]
-    alive = torch.tensor([i for i in range(len(seqs)) if budgets[i] > 0], dtype=torch.long)
-    if len(alive) == 0:
-        return out
-    seqs = [seqs[i] for i in alive.tolist()]
-    left = torch.tensor([budgets[i] for i in alive.tolist()])
     device = _device(model)
     cache = DynamicCache(config=model.config)
-    shared = _shared_prefix(model, seqs, int(left.max()))
+    shared = _shared_prefix(model, seqs, budget)
     if shared:
         positions = torch.arange(shared, device=device)
-        model(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
-              position_ids=positions[None], cache_position=positions, use_cache=True, logits_to_keep=1)
+        body(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
+             position_ids=positions[None], cache_position=positions, use_cache=True)
         cache.batch_repeat_interleave(len(seqs))
     ids, mask = _left_pad([s[shared:] for s in seqs], pad)
     ids, mask = ids.to(device), mask.to(device)
-    step_ids, position = ids, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1) + shared
-    mask = torch.cat([mask.new_ones((mask.shape[0], shared)), mask], dim=-1)
-    cache_position = torch.arange(shared, mask.shape[1], device=device)
+    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1) + shared
+    full_mask = torch.cat([mask.new_ones((mask.shape[0], shared)), mask], dim=-1)
+    cache_position = torch.arange(shared, full_mask.shape[1], device=device)
+    hidden = body(input_ids=ids, attention_mask=full_mask, position_ids=position, past_key_values=cache,
+                  cache_position=cache_position, use_cache=True).last_hidden_state[:, -1]
+    if copies > 1:
+        cache.batch_repeat_interleave(copies)
+        hidden, full_mask = hidden.repeat_interleave(copies, 0), full_mask.repeat_interleave(copies, 0)
+    return hidden, cache, full_mask, cache_position[-1:]
+
+
+def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], table: "_LineEnd | None",
+            pad: int, pick=_argmax, copies: int = 1) -> list[list[int]]:
+    """Decoding of a batch of prompts (token ids), `copies` rows each (row r continues prompt
+    r // copies), that drops each row from the batch (and its KV cache) as soon as it is done:
+    a stop token, its own token budget (`budgets`, one a prompt) reached, or its first line
+    complete when `table` is given. `pick(head, hidden (R, d), rows (R,)) -> (R,)` chooses the
+    next tokens from the last hidden states: the argmax (greedy, _Head.argmax: exact, found
+    through a cheap first pass) or a _Sampler.
+
+    HF's generate keeps finished rows in the batch until the last one ends, so one long row
+    makes every row pay for its length; here a step costs only the rows still running. The
+    prefix all rows share (_shared_prefix) is run once and its KV cache copied to every row;
+    each prompt's own tokens run once and are copied to its `copies` rows.
+    Otherwise the inputs of generate's greedy search (left padding, position ids from the
+    mask, cache positions, one logit row per step), so the same tokens: tests compare the two.
+    """
+    out: list[list[int]] = [[] for _ in range(len(seqs) * copies)]
+    live = [i for i in range(len(seqs)) if budgets[i] > 0]
+    if not live:
+        return out
+    head = _Head(model)
+    with head.fp16_body:
+        return _decode_loop(head, model, seqs, live, budgets, stop, table, pad, pick, copies, out)
+
+
+def _decode_loop(head, model, seqs, live, budgets, stop, table, pad, pick, copies, out) -> list[list[int]]:
+    """The body of _decode (prefill, then one step a token while any row runs)."""
+    hidden, cache, mask, cache_position = _prefill(model, head.body, [seqs[i] for i in live], max(budgets), pad,
+                                                   copies)
+    alive = torch.tensor([i * copies + c for i in live for c in range(copies)], dtype=torch.long)
+    left = torch.tensor([budgets[i // copies] for i in alive.tolist()])
+    device = _device(model)
     stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=device)
     seen = torch.zeros(len(alive), dtype=torch.bool)
     while True:
-        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                       cache_position=cache_position, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        nxt = logits.argmax(-1)
+        nxt = pick(head, hidden, alive)
         for row, t in zip(alive.tolist(), nxt.tolist()):
             out[row].append(t)
         left -= 1
@@ -231,9 +484,42 @@ def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
             cache.batch_select_indices(keep)
             nxt, mask = nxt[keep], mask[keep]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-        step_ids, position = nxt[:, None], (mask.sum(-1, keepdim=True) - 1)
-        cache_position = cache_position[-1:] + 1
+        cache_position = cache_position + 1
+        hidden = head.body(input_ids=nxt[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                           past_key_values=cache, cache_position=cache_position, use_cache=True).last_hidden_state[:, -1]
     return out
+
+
+def _greedy(model, seqs, budgets, stop, table, pad) -> list[list[int]]:
+    """Greedy _decode (the argmax at every step)."""
+    return _decode(model, seqs, budgets, stop, table, pad)
+
+
+def _own_loop(model, seqs, budgets, stop, table, pad, sample: dict | None, copies: int):
+    """_decode with argmax or a _Sampler where it gives what generate would (None where it cannot:
+    a logits processor in the model's generation_config, or several greedy copies)."""
+    if sample is None:
+        return _decode(model, seqs, budgets, stop, table, pad) if copies == 1 and _plain_greedy(model) else None
+    if not _plain_sampling(model):
+        return None
+    gc = model.generation_config
+    seeds = [row_seed(sample["seed"], s, c) for s in seqs for c in range(copies)]
+    pick = _Sampler(seeds, sample["temperature"], getattr(gc, "top_k", None), sample["top_p"])
+    return _decode(model, seqs, budgets, stop, table, pad, pick=pick, copies=copies)
+
+
+def _hf_generate(model, seqs, budgets, stop, table, pad, sample: dict | None, copies: int, seed: int):
+    """transformers' generate on one left-padded batch (seeded per batch): new ids per row."""
+    torch.manual_seed(seed)
+    ids, mask = _left_pad(seqs, pad)
+    device = _device(model)
+    opts = dict(do_sample=True, temperature=sample["temperature"], top_p=sample["top_p"]) if sample else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if table is not None:
+        opts["stopping_criteria"] = StoppingCriteriaList([_StopAfterFirstLine(table, len(seqs) * copies)])
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max(budgets),
+                         num_return_sequences=copies, pad_token_id=pad, **opts)
+    return out[:, ids.shape[1]:].tolist()
 
 
 @torch.inference_mode()
@@ -255,25 +541,17 @@ def generate_ids(model, tok, prompts: list[str], *, max_new_tokens: int | list[i
     encoded = [_encode_prompt(tok, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
     out: list = [None] * len(encoded)
-    device = _device(model)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else \
-        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    sample = dict(temperature=temperature, top_p=top_p, seed=seed) if do_sample else None
     table = _line_end(tok, model) if stop_after_first_line else None
     starts = range(0, len(order), batch_size)
     for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None)):
         idx = order[start:start + batch_size]
-        torch.manual_seed(seed + b)
-        n_rows = len(idx) * num_return_sequences
-        extra = {} if table is None else {"stopping_criteria": StoppingCriteriaList([_StopAfterFirstLine(table, n_rows)])}
         with _TallHead(model):
-            if not do_sample and num_return_sequences == 1 and _plain_greedy(model):
-                new = _greedy(model, [encoded[i] for i in idx], [budgets[i] for i in idx], stop, table, pad)
-            else:
-                ids, mask = _left_pad([encoded[i] for i in idx], pad)
-                seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                      max_new_tokens=max(budgets[i] for i in idx),
-                                      num_return_sequences=num_return_sequences, pad_token_id=pad, **sampling, **extra)
-                new = seqs[:, ids.shape[1]:].tolist()
+            new = _own_loop(model, [encoded[i] for i in idx], [budgets[i] for i in idx], stop, table, pad, sample,
+                            num_return_sequences)
+            if new is None:  # a logits processor our loop does not apply: transformers' generate
+                new = _hf_generate(model, [encoded[i] for i in idx], [budgets[i] for i in idx], stop, table, pad,
+                                   sample, num_return_sequences, seed + b)
         for k, i in enumerate(idx):
             rows = new[k * num_return_sequences:(k + 1) * num_return_sequences]
             out[i] = [_trim(r[:budgets[i]], stop, table) for r in rows]
@@ -286,7 +564,8 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int | list[int],
              desc: str | None = None) -> list[str] | list[list[str]]:
     """Continuations only (prompt not repeated, special tokens dropped), batched and left-padded.
 
-    Greedy by default; `do_sample` with temperature/top_p samples (seeded per batch).
+    Greedy by default; `do_sample` samples with temperature, the model's top-k, then top_p,
+    each row from its own generator seeded by (seed, prompt, return sequence number).
     One string per prompt, or a list of `num_return_sequences` strings per prompt.
     """
     ids = generate_ids(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -334,36 +613,115 @@ def windows(context: list[int], target: list[int], max_len: int) -> list[tuple[l
     return out
 
 
+def _score_rows(body, weight, softcap, batch) -> list[float]:
+    """Summed log-probs of a batch of (k, context, target) pieces, one right-padded forward pass:
+    causal attention never looks at the padding on the right, so no mask is needed."""
+    device = weight.device
+    seqs = [c + t for _, c, t in batch]
+    ids = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.tensor(s)
+    hidden = body(input_ids=ids.to(device), use_cache=False).last_hidden_state  # (B, T, d)
+    rows = torch.cat([torch.full((len(t),), r) for r, (_, _, t) in enumerate(batch)])
+    cols = torch.cat([torch.arange(len(c) - 1, len(c) + len(t) - 1) for _, c, t in batch])
+    targets = torch.tensor([tok for _, _, t in batch for tok in t], device=device)
+    lp = token_logprobs(hidden[rows.to(device), cols.to(device)], weight, targets, softcap=softcap).cpu()
+    return [float(x.sum()) for x in lp.split([len(t) for _, _, t in batch])]
+
+
+def _score_groups(body, weight, softcap, groups) -> list[float]:
+    """Summed log-probs for groups of pieces that share their context: [(context, [target, ...])].
+
+    Each context runs once (left-padded, with the KV cache), its cache is copied to its
+    targets' rows, then all targets run in one pass after it. Returns one sum per target,
+    groups in order. (G contexts, R target rows, T longest target.)"""
+    from transformers import DynamicCache
+
+    device = weight.device
+    ctx_ids, ctx_mask = _left_pad([c for c, _ in groups], 0)
+    ctx_ids, ctx_mask = ctx_ids.to(device), ctx_mask.to(device)
+    cache = DynamicCache(config=body.config)
+    last = body(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=(ctx_mask.cumsum(-1) - 1).clamp_min(0),
+                past_key_values=cache, use_cache=True).last_hidden_state[:, -1]  # (G, d)
+    rep = torch.tensor([g for g, (_, ts) in enumerate(groups) for _ in ts], device=device)  # (R,)
+    cache.batch_select_indices(rep)
+    targets = [t for _, ts in groups for t in ts]
+    width = max(map(len, targets))
+    ids = torch.zeros((len(targets), width), dtype=torch.long, device=device)
+    for row, t in enumerate(targets):
+        ids[row, :len(t)] = torch.tensor(t)
+    mask = torch.cat([ctx_mask[rep], ctx_mask.new_ones((len(targets), width))], dim=-1)
+    start = ctx_ids.shape[1]
+    hidden = body(input_ids=ids, attention_mask=mask, position_ids=ctx_mask.sum(-1)[rep, None] + torch.arange(width, device=device),
+                  past_key_values=cache, cache_position=torch.arange(start, start + width, device=device),
+                  use_cache=True).last_hidden_state  # (R, T, d): position j predicts target token j + 1
+    hidden = torch.cat([last[rep][:, None], hidden[:, :-1]], dim=1)
+    rows = torch.cat([torch.full((len(t),), r) for r, t in enumerate(targets)]).to(device)
+    cols = torch.cat([torch.arange(len(t)) for t in targets]).to(device)
+    flat = torch.tensor([tok for t in targets for tok in t], device=device)
+    lp = token_logprobs(hidden[rows, cols], weight, flat, softcap=softcap).cpu()
+    return [float(x.sum()) for x in lp.split([len(t) for t in targets])]
+
+
+def _context_groups(body, pieces, max_len: int) -> tuple[list, list]:
+    """(groups of pieces that share a context worth running once, the other pieces).
+
+    A group: [(context, [(k, target), ...])] with at least two targets. Not used where a padded
+    row could outgrow a sliding attention window (the window counts padding too)."""
+    by_ctx: dict[tuple, list] = {}
+    for k, c, t in pieces:
+        by_ctx.setdefault(tuple(c), []).append((k, t))
+    window = getattr(body.config, "sliding_window", None) or max_len
+    groups, rest = [], []
+    for c, members in by_ctx.items():
+        if len(members) >= 2 and len(c) + max(len(t) for _, t in members) <= min(window, max_len) // 2:
+            groups.append((list(c), members))
+        else:
+            rest += [(k, list(c), t) for k, t in members]
+    return groups, rest
+
+
 @torch.inference_mode()
 def sum_logprobs(model, items: list[tuple[list[int], list[int]]], batch_size: int = 8,
-                 max_len: int = 2048) -> list[float]:
-    """Sum of log p(target | context) in nats for each (context ids, target ids) item."""
+                 max_len: int = 2048, share_contexts: bool = True) -> list[float]:
+    """Sum of log p(target | context) in nats for each (context ids, target ids) item.
+
+    Items are scored in batches of similar length (sorted, longest first; results in item
+    order). Items that share a context (answer options after one question) run the context
+    once and copy its KV cache to each option (_score_groups); up to float rounding, the same sums
+    (`share_contexts=False`: every item on its own row, for comparison)."""
     body, weight, softcap = lm_parts(model)
-    device = _device(model)
     pieces = [(k, ctx, tgt) for k, item in enumerate(items) if item[1] for ctx, tgt in windows(*item, max_len)]
     if any(not c for _, c, _ in pieces):
         raise PolyalignError("(tokenizer)", "bos_token", "no start token to condition the first token on",
                              "use a tokenizer with a BOS or EOS token")
-    pieces.sort(key=lambda p: -(len(p[1]) + len(p[2])))
+    groups, rest = _context_groups(body, pieces, max_len) if share_contexts else ([], pieces)
     totals = [0.0] * len(items)
-    for start in range(0, len(pieces), batch_size):
-        batch = pieces[start:start + batch_size]
-        seqs = [c + t for _, c, t in batch]
-        width = max(map(len, seqs))
-        ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, :len(s)] = torch.tensor(s)
-        # right padding and no mask: causal attention never looks at the padding on the right
-        hidden = body(input_ids=ids.to(device), use_cache=False).last_hidden_state  # (B, T, d)
-        rows = torch.cat([torch.full((len(t),), r) for r, (_, _, t) in enumerate(batch)])
-        cols = torch.cat([torch.arange(len(c) - 1, len(c) + len(t) - 1) for _, c, t in batch])
-        targets = torch.tensor([tok for _, _, t in batch for tok in t], device=device)
-        lp = token_logprobs(hidden[rows.to(device), cols.to(device)], weight, targets, softcap=softcap).cpu()
-        pos = 0
-        for k, _, t in batch:
-            totals[k] += float(lp[pos:pos + len(t)].sum())
-            pos += len(t)
+    rest.sort(key=lambda p: -(len(p[1]) + len(p[2])))
+    for start in range(0, len(rest), batch_size):
+        batch = rest[start:start + batch_size]
+        for (k, _, _), v in zip(batch, _score_rows(body, weight, softcap, batch)):
+            totals[k] += v
+    groups.sort(key=lambda g: -len(g[0]))
+    for batch in _group_batches(groups, batch_size):
+        keys = [k for _, members in batch for k, _ in members]
+        values = _score_groups(body, weight, softcap, [(c, [t for _, t in m]) for c, m in batch])
+        for k, v in zip(keys, values):
+            totals[k] += v
     return totals
+
+
+def _group_batches(groups: list, batch_size: int):
+    """Consecutive groups with at most `batch_size` target rows a batch (a larger group alone)."""
+    batch, rows = [], 0
+    for g in groups:
+        if batch and rows + len(g[1]) > batch_size:
+            yield batch
+            batch, rows = [], 0
+        batch.append(g)
+        rows += len(g[1])
+    if batch:
+        yield batch
 
 
 def continuation_logprobs(model, tok, prompts: list[str], continuations: list[str], batch_size: int = 8,

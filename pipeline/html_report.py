@@ -4,7 +4,10 @@ Input is the scorecard contract (a list of rows, docs/contracts.md) plus the dom
 correlations computed by `compare`. Plots are matplotlib PNGs embedded as data URIs, so
 reports/index.html opens anywhere, offline, as one file. Tables pivot each stage to
 metric x pack: metric names of per-language stages use `xx` for the language (e.g.
-`chrf++.en-xx.base`), so one row of the table compares the languages.
+`chrf++.en-xx.base`), so one row of the table compares the languages. Comparison rows show the
+delta with its paired interval, the named baseline, the verdict and "n = 12 (8 documents), about N
+needed" when underpowered; only better/worse are coloured. A summary on top says, per method, whether
+it beats its strongest trivial baseline and which comparisons the profile is too small to decide.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import base64
 import html
 import io as _io
 import math
+import re
 from collections import defaultdict
 from typing import Iterable
 
@@ -23,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline.laft import TOKENIZER_METRICS  # noqa: E402
 from pipeline.mt_eval import ERROR_DOC, ERROR_TYPES  # noqa: E402
+from pipeline.report import SHARED  # noqa: E402
 
 MAX_PANELS = 12  # small multiples per stage: beyond 12 panels a reader scrolls past them
 MAX_DELTA_BARS = 40
@@ -47,16 +52,92 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{max(1, digits - 1 - int(math.floor(math.log10(abs(x)))))}f}"
 
 
+def signed(x: float) -> str:
+    return f"{'+' if x >= 0 else ''}{fmt(x)}"
+
+
+def delta_text(r: dict) -> str:
+    """'Δ +1.2 [-0.3, 2.7] vs uniform': the delta, its paired interval and what it is against."""
+    if r["delta"] is None:
+        return ""
+    out = f"Δ {signed(r['delta'])}"
+    if r.get("delta_ci_low") is not None:
+        out += f" [{fmt(r['delta_ci_low'])}, {fmt(r['delta_ci_high'])}]"
+    return out + (f" vs {r['baseline_name']}" if r.get("baseline_name") else "")
+
+
+def n_text(r: dict) -> str:
+    """'n = 12 (8 documents)', plus ', about 40 needed' when the comparison is underpowered."""
+    if r["n"] is None:
+        return ""
+    out = f"n = {r['n']}" + (f" ({r['n_docs']} documents)" if r.get("n_docs") is not None else "")
+    if r.get("verdict") == "underpowered" and r.get("n_needed"):
+        out += f", about {r['n_needed']} needed"
+    return out
+
+
 def cell(r: dict) -> str:
-    """'value [lo, hi] (Δ +d)' for one row; 'n/a' for a null value."""
+    """'value [lo, hi] · Δ +d [lo, hi] vs base · verdict · n = 12 (8 documents), about N needed';
+    'n/a' for a null value. Plain rows with a baseline show 'value [lo, hi] (Δ +d)'."""
     if r["value"] is None:
         return "n/a"
     out = fmt(r["value"])
     if r["ci_low"] is not None:
         out += f" [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
-    if r["delta"] is not None:
-        out += f" (Δ {'+' if r['delta'] >= 0 else ''}{fmt(r['delta'])})"
-    return out
+    if not r.get("baseline_name"):
+        return out + (f" (Δ {signed(r['delta'])})" if r["delta"] is not None else "")
+    parts = [out, delta_text(r), r.get("verdict") or "no paired interval", n_text(r)]
+    return " · ".join(p for p in parts if p)
+
+
+# --------------------------------------------------------------------------- verdict summary
+# Baselines that need no method (issue 12 item 4): a method that does not beat the best-scoring of
+# these on its metric is reported as not beating it. Matched on the start of baseline_name.
+TRIVIAL_BASELINES = ("uniform", "prior", "copy-source", "length", "chance", "base", "apertium", "reference",
+                     "random")
+SUPPORTED = ("better", "worse")
+
+
+def is_trivial(name: str | None) -> bool:
+    return bool(name) and name.lower().startswith(TRIVIAL_BASELINES)
+
+
+def method_key(r: dict) -> tuple[str, str, str]:
+    """(pack, stage, metric without its '.vs_<baseline>' / '_vs_<baseline>' suffix): one method's
+    score, whichever baseline a row compares it with."""
+    return r["pack"], r["stage"], re.sub(r"[._]vs[._].*$", "", r["metric"])
+
+
+def strongest_baseline_rows(rows: Iterable[dict]) -> list[dict]:
+    """Per method, its comparison row against the best-scoring trivial baseline (first seen wins ties)."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("verdict") is None or not is_trivial(r.get("baseline_name")) or r["baseline"] is None:
+            continue
+        key, sign = method_key(r), 1 if r["higher_is_better"] else -1
+        if key not in best or sign * r["baseline"] > sign * best[key]["baseline"]:
+            best[key] = r
+    return list(best.values())
+
+
+def beats_text(r: dict) -> str:
+    """Plain words: 'nya · mt_errors · chrf++.en-xx.laft: does not beat the copy-source baseline (...)'."""
+    pack, stage, method = method_key(r)
+    beats = r["verdict"] == "better"
+    why = r["verdict"] if r["verdict"] != "underpowered" else f"underpowered: {n_text(r)}"
+    return (f"{pack} · {stage} · {method}: {'beats' if beats else 'does not beat'} the {r['baseline_name']} "
+            f"baseline ({why}; {delta_text(r)})")
+
+
+def underpowered_text(r: dict) -> str:
+    return f"{r['pack']} · {r['stage']} · {r['metric']} vs {r['baseline_name']}: {n_text(r)}"
+
+
+def summary(rows: list[dict]) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(verdict, plain-words line)] per method against its strongest trivial baseline,
+    [line per underpowered comparison]) for the top of the report."""
+    beats = [(r["verdict"], beats_text(r)) for r in strongest_baseline_rows(rows)]
+    return beats, [underpowered_text(r) for r in rows if r.get("verdict") == "underpowered"]
 
 
 def pivot(rows: list[dict]) -> tuple[list[str], list[str], dict]:
@@ -95,9 +176,11 @@ def direction(r: dict) -> str:
 # --------------------------------------------------------------------------- markdown
 def render_markdown(rows: list[dict], correlations: list[dict], packs: list[str]) -> str:
     lines = ["# polyalign scorecard", "",
-             f"Packs: {', '.join(packs)}. Each cell: value [95% CI] (Δ against the pack's own baseline); "
-             "n/a = could not run (see the note). Numbers in one row compare languages only where the "
-             "metric allows it (see notes).", ""]
+             f"Packs: {', '.join(packs)} (and {SHARED}: stages that run once). Each cell: value [95% CI]; "
+             "comparison rows add Δ [paired 95% CI] vs the named baseline, the verdict and n (see "
+             "README, 'Reading a verdict'); n/a = could not run (see the note). Numbers in one row compare "
+             "languages only where the metric allows it (see notes).", ""]
+    lines += _md_summary(rows)
     empty = [p for p in packs if not any(r["pack"] == p for r in rows)]
     if empty:
         lines += [f"No rows yet from: {', '.join(empty)}.", ""]
@@ -110,6 +193,15 @@ def render_markdown(rows: list[dict], correlations: list[dict], packs: list[str]
               "the order above, so the shares add up to err.any.",
               f"- {HUMAN_NOTE}", ""]
     return "\n".join(lines)
+
+
+def _md_summary(rows: list[dict]) -> list[str]:
+    beats, under = summary(rows)
+    out = ["## Summary: each method against its strongest trivial baseline", ""]
+    out += [f"- {'**' + line + '**' if v in SUPPORTED else line}" for v, line in beats] or ["- no comparison rows yet"]
+    out += ["", "## Too small to decide (underpowered at this profile's size)", ""]
+    out += [f"- {line}" for line in under] or ["- none"]
+    return out + [""]
 
 
 def _md_stage(kind: str, stage: str, rows: list[dict]) -> list[str]:
@@ -200,8 +292,12 @@ def method_deltas(rows: Iterable[dict]) -> list[dict]:
     return [r for r in rows if r["delta"] is not None and not r["metric"].startswith(NOT_METHOD_DELTAS)]
 
 
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}   # every other verdict is grey
+
+
 def plot_deltas(rows: list[dict]) -> str | None:
-    """Improvement over each pack's own baseline (sign flipped where lower is better), one panel per stage.
+    """Improvement over each row's baseline (sign flipped where lower is better) with its paired 95%
+    interval, one panel per stage; only supported verdicts (better/worse) are coloured.
 
     Stages have their own units (bits per byte, chrF points, accuracy), so each panel gets its own axis.
     """
@@ -213,18 +309,29 @@ def plot_deltas(rows: list[dict]) -> str | None:
     fig, axes = plt.subplots(len(stages), 1, figsize=(8, 0.3 * sum(sizes) + 1.1 * len(stages)), squeeze=False,
                              gridspec_kw={"height_ratios": sizes})
     for ax, st in zip(axes.flat, stages):
-        part = [r for r in rows if r["stage"] == st]
-        gains = [r["delta"] if r["higher_is_better"] else -r["delta"] for r in part]
-        ax.barh(range(len(part)), gains, color=["tab:green" if g >= 0 else "tab:red" for g in gains])
-        ax.set_yticks(range(len(part)), [f"{r['pack']} · {r['metric']}" for r in part], fontsize=7)
-        ax.invert_yaxis()
-        ax.axvline(0, color="black", lw=0.8)
+        _delta_panel(ax, [r for r in rows if r["stage"] == st])
         ax.set_title(st, fontsize=9, loc="left")
-        ax.grid(axis="x", alpha=0.3)
-    axes.flat[-1].set_xlabel("improvement over the pack's own baseline (metric units; sign flipped where lower "
-                             "is better)")
+    axes.flat[-1].set_xlabel("improvement over the row's baseline, paired 95% CI (metric units; sign flipped "
+                             "where lower is better); green/red: interval excludes 0")
     fig.tight_layout()
     return _png(fig)
+
+
+def _delta_panel(ax, part: list[dict]) -> None:
+    sign = [1 if r["higher_is_better"] else -1 for r in part]
+    gains = [s * r["delta"] for s, r in zip(sign, part)]
+    colours = [VERDICT_COLOURS.get(r.get("verdict"), "tab:gray") for r in part]
+    ax.barh(range(len(part)), gains, color=colours)
+    for i, (s, r) in enumerate(zip(sign, part)):
+        if r.get("delta_ci_low") is not None:
+            lo, hi = sorted((s * r["delta_ci_low"], s * r["delta_ci_high"]))
+            ax.plot([lo, hi], [i, i], color="black", lw=1)
+    labels = [f"{r['pack']} · {r['metric']}" + (f" vs {r['baseline_name']}" if r.get("baseline_name") else "")
+              for r in part]
+    ax.set_yticks(range(len(part)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def error_shares(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -302,7 +409,15 @@ def plot_domain_scatter(rows: list[dict]) -> str | None:
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:right}th:first-child,td:first-child{text-align:left}td.na{color:#999}img{max-width:100%;
-border:1px solid #eee;margin:.5em 0}.notes{font-size:12px;color:#555}details{margin:.5em 0}h2{margin-top:1.6em}"""
+border:1px solid #eee;margin:.5em 0}.notes{font-size:12px;color:#555}details{margin:.5em 0}h2{margin-top:1.6em}
+td.better,li.better{background:#c8ecc8}td.worse,li.worse{background:#f6c6c6}td.muted,li.muted{color:#888}
+ul.summary li{margin:2px 0;padding:1px 4px}"""
+
+
+def verdict_class(r: dict) -> str:
+    """CSS class: colour only supported verdicts; grey 'no difference shown' and 'underpowered'."""
+    v = r.get("verdict")
+    return v if v in SUPPORTED else "muted" if v else ""
 
 
 def _img(b64: str | None, alt: str) -> str:
@@ -322,7 +437,8 @@ def _html_table(rows: list[dict]) -> str:
                 tds.append("<td></td>")
                 continue
             mark = f" <sup>{notes[r['note']]}</sup>" if r.get("note") else ""
-            cls = ' class="na"' if r["value"] is None else ""
+            cls = "na" if r["value"] is None else verdict_class(r)
+            cls = f' class="{cls}"' if cls else ""
             tds.append(f"<td{cls}>{html.escape(cell(r))}{mark}</td>")
         first = next(table[(m, p)] for p in packs if (m, p) in table)
         body.append(f"<tr><td>{html.escape(m)}</td><td>{direction(first)}</td>{''.join(tds)}</tr>")
@@ -333,14 +449,17 @@ def _html_table(rows: list[dict]) -> str:
 def render_html(rows: list[dict], correlations: list[dict], packs: list[str]) -> str:
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>polyalign scorecard</title>"
              f"<style>{CSS}</style></head><body><h1>polyalign scorecard</h1>",
-             f"<p>Packs: {html.escape(', '.join(packs))}. Cells: value [95% CI] (Δ against the pack's own "
-             "baseline); n/a = could not run, the footnote says why.</p>"]
+             f"<p>Packs: {html.escape(', '.join(packs))} (and {SHARED}: stages that run once). Cells: value "
+             "[95% CI]; comparison rows add Δ [paired 95% CI] vs the named baseline, the verdict and n. Only "
+             "supported verdicts are coloured (green better, red worse); 'no difference shown' and "
+             "'underpowered' are grey. n/a = could not run, the footnote says why.</p>"]
     empty = [p for p in packs if not any(r["pack"] == p for r in rows)]
     if empty:
         parts.append(f"<p>No rows yet from: {html.escape(', '.join(empty))}.</p>")
+    parts.append(_html_summary(rows))
     languages = [r for r in rows if r["kind"] == "language"]
-    parts.append("<h2>Deltas against each pack's own baseline</h2>" + (_img(plot_deltas(rows), "deltas") or
-                                                                         "<p>No row has a baseline yet.</p>"))
+    parts.append("<h2>Method deltas against their baselines</h2>" + (_img(plot_deltas(rows), "deltas") or
+                                                                       "<p>No row has a baseline yet.</p>"))
     if any(r["stage"] == "mt_errors" for r in languages):
         parts.append("<h2>Translation errors</h2>" + _img(plot_error_bars(languages), "error types"))
         parts.append("<ul class='notes'>" + "".join(f"<li><b>{n}</b>: {html.escape(ERROR_DOC[n])}</li>"
@@ -353,6 +472,16 @@ def render_html(rows: list[dict], correlations: list[dict], packs: list[str]) ->
         parts.append(f"<details open><summary>table ({len(srows)} rows)</summary>{_html_table(srows)}</details>")
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)
+
+
+def _html_summary(rows: list[dict]) -> str:
+    beats, under = summary(rows)
+    items = "".join(f"<li class='{v if v in SUPPORTED else 'muted'}'>{html.escape(line)}</li>" for v, line in beats)
+    out = ("<h2>Summary: each method against its strongest trivial baseline</h2>"
+           + (f"<ul class='summary'>{items}</ul>" if items else "<p>No comparison rows yet.</p>"))
+    low = "".join(f"<li>{html.escape(line)}</li>" for line in under)
+    return out + ("<h3>Too small to decide at this profile's size (underpowered)</h3>"
+                  + (f"<ul class='summary muted'>{low}</ul>" if low else "<p>None.</p>"))
 
 
 def _html_correlations(correlations: list[dict]) -> str:

@@ -2,13 +2,18 @@
 
 Pure functions over lists of strings; the `mt_errors@<lang>` stage feeds them.
 
-- Scores: sacrebleu BLEU, chrF++ (chrF with word_order=2) and TER with their signatures, and
-  sacrebleu's own paired bootstrap (`PairedTest(test_type="bs")`) against a reference system.
+- Scores: sacrebleu BLEU, chrF++ (chrF with word_order=2) and TER with their signatures; the
+  corpus score is recomputed from sacrebleu's per-sentence sufficient statistics on resamples of
+  whole documents (sentences of one article are not independent), for intervals and for paired
+  system-vs-baseline deltas (pipeline.stats.corpus_ci / corpus_delta).
 - Taxonomy: one boolean (or None = not applicable) per error type and sentence; a sentence's
   *primary* error is the first that fires in `ERROR_TYPES` order, so primary shares add up to
   the share of sentences with any error (what the stacked bars in the report show).
 - Domain similarity: Jensen–Shannon divergence of token-unigram distributions, with the
   corpus subsampled to the test set's size so corpora (and packs) of different sizes compare.
+  Khiu et al.'s question (does similarity predict quality?) is asked per test document within
+  a pack (n = documents) and pooled across packs by Fisher z; under MIN_CORR_POINTS points a
+  correlation is not reported.
 - COMET: the real unbabel-comet path (`load_from_checkpoint`, `predict(gpus=0)`) for a
   user-configured checkpoint; its encoder's language coverage is read from the installed
   package's own documentation, not from a hand-typed table.
@@ -29,7 +34,8 @@ from typing import Sequence
 import regex
 import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF, TER
-from sacrebleu.significance import PairedTest
+
+from pipeline import stats
 
 # --------------------------------------------------------------------------- corpus scores
 METRICS = ("bleu", "chrf++", "ter")
@@ -62,30 +68,35 @@ def corpus_scores(hyps: Sequence[str], refs: Sequence[str], script: str = "Latn"
     return out
 
 
-def paired_scores(systems: dict[str, Sequence[str]], refs: Sequence[str], reference: str, *,
-                  script: str = "Latn", n_samples: int = 1000) -> dict[str, dict[str, dict]]:
-    """sacrebleu's paired bootstrap of every system against `reference` (a key of `systems`).
+def doc_scores(systems: dict[str, Sequence[str]], refs: Sequence[str], docs: Sequence, *,
+               script: str = "Latn", n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Corpus BLEU, chrF++ and TER of every system with an interval from resampling whole documents.
 
-    Returns {system: {metric: {score, ci_low, ci_high, p_value, signature}}}. The CI is
-    sacrebleu's: bootstrap mean ± half the central 95% range; p_value is None for the
-    reference itself. Seeded by sacrebleu (SACREBLEU_SEED, default 12345).
+    docs: [n] document id of each sentence (the unit the test set was sampled in). Returns
+    {system: {metric: {score, ci_low, ci_high, signature, stats [n, k], score_fn}}}; the score
+    equals sacrebleu's corpus score (the sufficient statistics are sacrebleu's, summed), and
+    `stats`/`score_fn` feed stats.corpus_delta for paired system-vs-baseline intervals.
     """
-    order = [reference] + [name for name in systems if name != reference]
-    named = [(name, list(systems[name])) for name in order]
-    metrics = make_metrics(script)
-    sigs, table = PairedTest(named, metrics, [list(refs)], test_type="bs", n_samples=n_samples)()
-    ours = dict(zip(table, [None, *metrics]))  # sacrebleu's names ('BLEU', 'chrF2++', 'TER') -> ours
-    out: dict[str, dict[str, dict]] = {name: {} for name in order}
-    for key, results in table.items():
-        if ours.get(key) is None:
-            continue
-        for name, res in zip(table["System"], results):
-            mean, half = res.mean, res.ci
-            out[name][ours[key]] = {
-                "score": float(res.score), "p_value": None if res.p_value is None else float(res.p_value),
-                "ci_low": None if mean is None else float(mean - half),
-                "ci_high": None if mean is None else float(mean + half), "signature": str(sigs[key])}
+    out: dict[str, dict[str, dict]] = {}
+    for name, hyps in systems.items():
+        out[name] = {}
+        for metric, obj in make_metrics(script).items():
+            per_sent, score_fn = stats.sacrebleu_stats(obj, hyps, refs)
+            est, lo, hi = stats.corpus_ci(score_fn, per_sent, docs, n_boot=n_boot, seed=seed)
+            out[name][metric] = {"score": est, "ci_low": lo, "ci_high": hi, "signature": str(obj.get_signature()),
+                                 "stats": per_sent, "score_fn": score_fn}
     return out
+
+
+def doc_delta(a: dict, b: dict, docs: Sequence, *, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(score_a - score_b, low, high) of one metric (entries of doc_scores), documents resampled whole."""
+    return stats.corpus_delta(a["score_fn"], a["stats"], b["stats"], docs, n_boot=n_boot, seed=seed)
+
+
+def strongest(scores: dict[str, dict], names: Sequence[str], metric: str) -> str:
+    """The best of `names` on `metric` (highest, or lowest for TER): the baseline a system must beat."""
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    return max(names, key=lambda n: sign * scores[n][metric]["score"])
 
 
 def sentence_chrf(hyp: str, ref: str) -> float:
@@ -353,6 +364,47 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
         return out
 
     return pearson(ranks(list(x)), ranks(list(y))) if len(x) >= 3 else None
+
+
+MIN_CORR_POINTS = 10  # fewer points: a correlation's 95% interval spans most of [-1, 1] (n=9: ±0.6 at r=0)
+
+
+def doc_divergence(corpus: Sequence[str], doc_lines: dict[object, list[str]], *, samples: int = 5) -> dict:
+    """{doc: mean JSD(corpus subsampled to the document's token count, the document)} per test
+    document (`samples` seeded subsamples each; see domain_divergence for why equal sizes)."""
+    out = {}
+    for doc, lines in doc_lines.items():
+        counts = unigrams(lines)
+        budget = sum(counts.values())
+        out[doc] = sum(jensen_shannon(sample_tokens(corpus, budget, seed), counts) for seed in range(samples)) / samples
+    return out
+
+
+def correlation_ci(x: Sequence[float], y: Sequence[float], alpha: float = 0.05) -> dict | None:
+    """Pearson r over paired points with its Fisher-z interval; None under MIN_CORR_POINTS points
+    or with a constant side. Returns {r, ci_low, ci_high, n, z, se} (z, se feed pooled_correlation)."""
+    r = pearson(x, y) if len(x) >= MIN_CORR_POINTS else None
+    if r is None:
+        return None
+    z, se = math.atanh(max(min(r, 0.999999), -0.999999)), 1 / math.sqrt(len(x) - 3)
+    return _z_interval(z, se, len(x), alpha)
+
+
+def pooled_correlation(parts: Sequence[dict], alpha: float = 0.05) -> dict | None:
+    """Fixed-effect pool of per-pack correlations (entries of correlation_ci): the inverse-variance
+    mean of Fisher z (weights n - 3); None when no part has enough points."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    weights = [1 / p["se"] ** 2 for p in parts]
+    z = sum(w * p["z"] for w, p in zip(weights, parts)) / sum(weights)
+    return _z_interval(z, 1 / math.sqrt(sum(weights)), sum(p["n"] for p in parts), alpha)
+
+
+def _z_interval(z: float, se: float, n: int, alpha: float) -> dict:
+    q = stats.sps.norm.ppf(1 - alpha / 2)
+    return {"r": math.tanh(z), "ci_low": math.tanh(z - q * se), "ci_high": math.tanh(z + q * se), "n": n,
+            "z": z, "se": se}
 
 
 # --------------------------------------------------------------------------- COMET

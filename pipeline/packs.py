@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 
 import langcodes
 import pycountry
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from pipeline.config import deep_merge, load_yaml
@@ -121,11 +121,22 @@ class Lid(Strict):
 
     `ntrex-fasttext` is the fastText model the `lid` stage trains on the NTREX train
     documents of every NTREX language (labels are NTREX codes); `lid176` is fastText's
-    bundled lid.176.ftz (ISO 639-1 labels); `cld3` is Google's CLD3.
+    bundled lid.176.ftz (ISO 639-1 labels); `cld3` is Google's CLD3. `auto`: `data@<pack>`
+    picks, among `labels` (identifier -> this language's label in it), the one with the best
+    accuracy on the NTREX dev documents (pipeline.text.resolved_lid reads the pick).
     """
 
-    model: Literal["ntrex-fasttext", "lid176", "cld3"]
-    label: str
+    model: Literal["ntrex-fasttext", "lid176", "cld3", "auto"]
+    label: str | None = None
+    labels: dict[Literal["ntrex-fasttext", "lid176", "cld3"], str] | None = None
+
+    @model_validator(mode="after")
+    def _label_for_model(self):
+        if self.model == "auto" and not self.labels:
+            raise ValueError("model 'auto' needs `labels` (identifier -> label) naming the candidates")
+        if self.model != "auto" and not self.label:
+            raise ValueError(f"model '{self.model}' needs a `label`")
+        return self
 
 
 class Translator(Strict):

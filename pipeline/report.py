@@ -121,7 +121,9 @@ def comparison(pack: str, kind: str, stage: str, metric: str, value, baseline, *
 
     delta_ci: (delta, low, high) from a paired pipeline.stats function (value - baseline);
     mde: the minimal effect of interest (default: params.yaml stats.mde for stage/metric).
-    The row carries the verdict and about how many items would decide it."""
+    The row carries the verdict and about how many items would decide it; rows from fewer than
+    stats.MIN_CLUSTERS documents say that their interval may under-cover (stats.coverage_note)."""
+    note = "; ".join(x for x in (note, stats.coverage_note(n_docs)) if x) or None
     out = row(pack, kind, stage, metric, value, ci=ci, baseline=baseline, n=n,
               higher_is_better=higher_is_better, note=note)
     mde = mde_for(stage, metric) if mde is None else float(mde)
@@ -131,6 +133,40 @@ def comparison(pack: str, kind: str, stage: str, metric: str, value, baseline, *
             "n_needed": stats.n_needed(n, lo, hi, mde), "n_docs": None if n_docs is None else int(n_docs)}
     if out["verdict"] is None:
         out["delta_ci_low"] = out["delta_ci_high"] = None
+    return out
+
+
+def system_rows(pack: str, kind: str, stage: str, metric: str, scores: dict, *, baseline: str = "base",
+                den: dict | None = None, clusters=None, higher_is_better: bool = True, mde: float | None = None,
+                note: str | None = None, seed: int = 0) -> list[dict]:
+    """Rows `<metric>.<system>` for every system in `scores`: the baseline system as a plain row with
+    its interval, every other one as a comparison against it on the same items.
+
+    scores: {system: per-item numbers [n]} (all paired, same items); den: {system: [n]} turns each
+    score into sum(scores)/sum(den) (bits per byte); clusters: [n] documents, resampled whole.
+    The delta is always value - baseline, named `delta` in the row (one name for every stage)."""
+    n_docs = None if clusters is None else len(set(clusters))
+
+    def interval(system):
+        if den is None:
+            return stats.cluster_bootstrap_ci(scores[system], clusters, seed=seed)
+        return stats.cluster_ratio_ci(scores[system], den[system], clusters, seed=seed)
+
+    def delta(system):
+        if den is None:
+            return stats.paired_delta(scores[system], scores[baseline], clusters, seed=seed)
+        return stats.paired_ratio_delta(scores[system], den[system], scores[baseline], den[baseline], clusters,
+                                        seed=seed)
+
+    base = interval(baseline)
+    n = len(scores[baseline])
+    out = [row(pack, kind, stage, f"{metric}.{baseline}", base[0], ci=base[1:], n=n,
+               higher_is_better=higher_is_better, note=note)]
+    for system in (s for s in scores if s != baseline):
+        est = interval(system)
+        out.append(comparison(pack, kind, stage, f"{metric}.{system}", est[0], base[0], delta_ci=delta(system),
+                              n=n, n_docs=n_docs, baseline_name=baseline, mde=mde, ci=est[1:],
+                              higher_is_better=higher_is_better, note=note))
     return out
 
 

@@ -1,9 +1,11 @@
 """Reward-model transfer (Wu et al. 2024, "Reuse Your Rewards"): pairs, splits, probes, selection.
 
-Pure functions only: parsing preference data into pairs, a grouped deterministic split,
+Pure functions: parsing preference data into pairs, a grouped deterministic split,
 rendering the reward model's input text, and the math behind every number `rm_train`
 and `rm_transfer@<lang>` report (pairwise accuracy, length baseline, language-consistency
-probe, best-of-n selection). Models, translation and generation stay in the stages.
+probe, best-of-n selection judged by another RM, matched training compute). The last section
+holds what both stages share about where reward models live and how they are loaded (lazy
+imports), so neither stage imports the other.
 
 A pair is a dict: ``{"id": str, "turns": [[role, text], ...], "chosen": str, "rejected": str}``
 where ``turns`` is the dialogue before the final assistant reply (it ends with a Human turn).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -252,3 +255,72 @@ def standardise(gains: np.ndarray, scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=float)
     sd = float(np.sqrt(((scores - scores.mean(axis=1, keepdims=True)) ** 2).mean()))
     return np.asarray(gains, dtype=float) / sd if sd > 0 else np.zeros_like(gains, dtype=float)
+
+
+def judged_gain(judge_scores: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """Per prompt [P]: the JUDGE's reward of the picked sample over a random pick from the same n
+    samples (its within-prompt mean), in the judge's within-prompt sd. judge_scores [P, n], picks
+    [P]. Judging with the RM that picked is >= 0 by construction; another RM makes it a test."""
+    return standardise(gain_over_random(judge_scores, picks), judge_scores)
+
+
+# --------------------------------------------------------------------------- baselines, matched compute
+def chance(n: int) -> np.ndarray:
+    """The chance baseline's per-pair correctness [n] (0.5 each: a coin, ties counted half)."""
+    return np.full(n, 0.5)
+
+
+def matched_steps(settings: dict, source_steps: int) -> dict:
+    """Trainer settings of the translate-train RM: the source RM's settings with exactly its
+    optimizer steps (`max_steps`), whatever the number of pairs (fewer pairs: more epochs)."""
+    if source_steps < 1:
+        raise ValueError(f"source RM made {source_steps} optimizer steps")
+    return {**settings, "max_steps": int(source_steps)}
+
+
+def read_curve(path: Path) -> list[tuple[int, float]]:
+    """(step, loss) rows of a trainer's curve.tsv (header step, tokens, loss[, lr])."""
+    lines = Path(path).read_text().splitlines()[1:]
+    return [(int(cells[0]), float(cells[2])) for cells in (line.split("\t") for line in lines if line.strip())]
+
+
+def curve_summary(curve: list[tuple[int, float]], k: int = 5) -> dict:
+    """Mean loss of the first and last k steps (did training move the loss?)."""
+    losses = [loss for _, loss in curve]
+    if not losses:
+        return {}
+    return {"loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])), "steps": len(losses)}
+
+
+# --------------------------------------------------------------------------- where reward models live
+def rm_dir() -> Path:
+    from pipeline.paths import repo_root
+
+    return repo_root() / "models" / "rm"
+
+
+def splits_dir() -> Path:
+    from pipeline.paths import data_dir
+
+    return data_dir("_shared") / "rm"
+
+
+def base_model(cfg: dict) -> str:
+    """`rm_train.base` if set, else the project's base model (`model.base`)."""
+    from pipeline.config import section
+
+    return cfg.get("base") or section("model")["base"]
+
+
+def load_reward_model(base: str, adapter: Path):
+    """The trained reward model (seq-classification head + LoRA) and its tokenizer."""
+    from pipeline.train import load_trained
+
+    return load_trained(base, adapter, head="reward")
+
+
+def scorer(model, tok, batch_size: int):
+    """texts -> rewards, batched (the callable this module's math takes)."""
+    from pipeline.train import reward_scores
+
+    return lambda texts: reward_scores(model, tok, list(texts), batch_size=batch_size)

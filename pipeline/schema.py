@@ -96,6 +96,8 @@ class Data(Strict):
     test_docs: int = F(..., description="NTREX documents held out for test", gt=0)
     dev_docs: int = F(..., description="NTREX documents held out for dev", ge=0)
     split_salt: str = F(..., description="salt of the seeded document split (change it to redraw)")
+    lid_sentences: int | None = F(None, "test sentences of the LID accuracy; null = all", gt=0)
+    seed: int = F(0, "seed of the stratified LID test sample")
 
 
 class CultureAugment(Strict):
@@ -162,7 +164,10 @@ class RmTrain(Strict):
     context_turns: int = F(1, "user turns kept before the final exchange", gt=0)
     max_chars: int = F(800, "longer pairs are dropped", gt=0)
     max_train_pairs: int = F(448, "training pairs used", gt=0)
+    max_dev_pairs: int | None = F(200, "dev pairs that choose the learning rate; null = all")
     max_test_pairs: int | None = F(200, "held-out pairs scored; null = all")
+    train_eval_pairs: int = F(100, "train pairs re-scored after training", ge=0)
+    lrs: list[float] = F([], "learning-rate candidates chosen on dev; empty = train.lr")
     batch_size: int = F(16, "scoring batch", gt=0)
     train: TrainSettings = F(TrainSettings(), "pipeline.train settings of the reward models")
 
@@ -171,7 +176,7 @@ class Bon(Strict):
     policy: Literal["taco", "base"] = F("taco", "generator of the best-of-n candidates")
     prompts: int = F(8, "held-out prompts", gt=0)
     n: int = F(4, "candidates per prompt", gt=0)
-    max_new_tokens: int = F(96, "tokens per candidate", gt=0)
+    max_new_tokens: int | Literal["auto"] = F("auto", "tokens per candidate; auto = taco.eval's budget")
     temperature: float = F(0.8, "sampling temperature", gt=0)
     top_p: float = F(0.95, "nucleus mass", gt=0, le=1)
     gen_batch_size: int = F(32, "generation batch", gt=0)
@@ -182,7 +187,7 @@ class RmTransfer(Strict):
     seed: int = F(0, "seed")
     translator_gate: Literal["taco", "off"] = F("taco", "skip translating when taco_data rejected this translator")
     eval_pairs: int = F(32, "held-out pairs translated", gt=0)
-    tt_pairs: int = F(32, "translate-train pairs", gt=0)
+    tt_pairs: int | None = F(None, "translate-train pairs; null = as many as the source reward model", gt=0)
     batch_size: int = F(16, "scoring batch", gt=0)
     train: TrainSettings = F(TrainSettings(), "overrides of rm_train.train for the translate-train reward model")
     bon: Bon = F(Bon(), "best-of-n reranking with the transferred reward model")
@@ -192,9 +197,17 @@ class TacoSft(TrainSettings):
     """pipeline.train settings of both TaCo adapters (taco and plain)."""
 
 
+class TacoBudget(Strict):
+    quantile: float = F(95, "percentile of the training targets' token lengths", gt=0, le=100)
+    margin: float = F(0.1, "relative margin over that percentile", ge=0)
+    max: int | None = F(None, "cap on the budget; null = the context left after the prompt", gt=0)
+    fallback: int = F(574, "budget when a pack has no translated targets", gt=0)
+
+
 class TacoEval(Strict):
     max_prompts: int = F(24, "held-out prompts answered", gt=0)
-    max_new_tokens: int = F(96, "answer tokens", gt=0)
+    max_new_tokens: int | Literal["auto"] = F("auto", "answer tokens; auto = the budget rule below")
+    budget: TacoBudget = F(TacoBudget(), "the auto answer budget")
     batch_size: int = F(24, "generation batch", gt=0)
     seed: int = F(0, "sampling seed")
 
@@ -211,6 +224,8 @@ class Taco(Strict):
     chunk: int = F(16, "instructions translated per batch", gt=0)
     probe: int = F(12, "items translated before the early gate decision", ge=0)
     curriculum: Literal["length", "quality", "none"] = F("length", "training order")
+    schedule: Literal["taco_only", "staged"] = F("taco_only", "every step on TaCo targets, or plain first then TaCo")
+    staged_fraction: float = F(0.5, "share of sft.max_steps on plain examples when staged", ge=0, le=1)
     judge: str | None = F(None, "LLM judge model; null = judged rows skipped")
     sft: TacoSft = F(TacoSft(), "taco_sft: pipeline.train settings")
     eval: TacoEval = F(TacoEval(), "taco_eval settings")
@@ -249,6 +264,7 @@ class MtErrors(Strict):
     jsd_samples: int = F(20, "samples of the domain-similarity estimate", gt=0)
     comet_checkpoint: str | None = F(None, "COMET checkpoint path; null = no COMET")
     comet_batch_size: int = F(8, "COMET batch", gt=0)
+    seed: int = F(0, "seed of the stratified test sample")
     domain_corpora: dict[str, str] = F({}, "corpora compared with the test set: name -> path[#fields]")
 
 

@@ -1,8 +1,9 @@
 """Text normalisation, NTREX access and language identification.
 
 Language identification is only as good as the identifier (docs/contracts.md): each pack names
-one (`lid.model`), and `data@<pack>` measures its accuracy on that pack's held-out
-sentences. The default, `ntrex-fasttext`, is trained by the `lid` stage on the NTREX
+one (`lid.model`) or lets `data@<pack>` pick (`auto`: best accuracy on the NTREX dev
+documents, never test), and `data@<pack>` measures the identifier's accuracy on that pack's
+test sentences. The default, `ntrex-fasttext`, is trained by the `lid` stage on the NTREX
 train documents of all 128 NTREX languages, so it covers every NTREX pack and never
 sees a test document.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import unicodedata
 from pathlib import Path
 
@@ -90,22 +92,59 @@ def lid_model_path(model: str) -> Path:
     return path
 
 
-def identify(texts: list[str], pack) -> list[str]:
-    """The pack's identifier's label for each text ('' for empty text)."""
-    if pack.lid.model == "cld3":
+LID_CANDIDATES = ("ntrex-fasttext", "cld3", "lid176")
+LID_CHOICE = "lid.json"  # data/<pack>/lid.json: the identifier data@<pack> picked on dev, and why
+
+
+def identify_with(texts: list[str], model: str) -> list[str]:
+    """Identifier `model`'s label for each text ('' for empty text)."""
+    if model == "cld3":
         import gcld3
 
         detector = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
         return [detector.FindLanguage(t).language if t.strip() else "" for t in texts]
-    model = _fasttext_model(str(lid_model_path(pack.lid.model)))
+    ft = _fasttext_model(str(lid_model_path(model)))
     # one line at a time: fasttext 0.9.3 with numpy 1.x fails on list input (docs/offline-assets.md)
-    return [model.predict(" ".join(t.split()))[0][0].removeprefix("__label__") if t.strip() else ""
-            for t in texts]
+    return [ft.predict(" ".join(t.split()))[0][0].removeprefix("__label__") if t.strip() else "" for t in texts]
+
+
+def resolved_lid(pack) -> tuple[str, str]:
+    """(identifier, label) that judges the pack's language: the pack's own, or for `auto` the
+    one data@<pack> picked on the dev documents."""
+    if pack.lid.model != "auto":
+        return pack.lid.model, pack.lid.label
+    path = repo_root() / "data" / pack.id / LID_CHOICE
+    if not path.exists():
+        raise PolyalignError(path, "lid.model", "the pack's identifier is 'auto' and has not been picked yet",
+                             f"run `dvc repro data@{pack.id}`")
+    choice = json.loads(path.read_text(encoding="utf-8"))
+    return choice["model"], choice["label"]
+
+
+def choose_lid(labels: dict[str, str], dev_texts: list[str]) -> tuple[str | None, dict[str, float | None]]:
+    """(best identifier on the dev sentences, {identifier: dev accuracy, None if unavailable});
+    ties go to the first listed. Test sentences never enter: the pick is a setting."""
+    acc: dict[str, float | None] = {}
+    for model, label in labels.items():
+        try:
+            got = identify_with(dev_texts, model)
+        except (PolyalignError, ImportError):
+            acc[model] = None
+            continue
+        acc[model] = sum(g == label for g in got) / max(len(dev_texts), 1)
+    ranked = [m for m in labels if acc[m] is not None]
+    return (max(ranked, key=lambda m: acc[m]) if ranked else None), acc
+
+
+def identify(texts: list[str], pack) -> list[str]:
+    """The pack's identifier's label for each text ('' for empty text)."""
+    return identify_with(texts, resolved_lid(pack)[0])
 
 
 def is_lang(texts: list[str], pack) -> list[bool]:
     """Whether each text is in the pack's language, by the pack's identifier."""
-    return [label == pack.lid.label for label in identify(texts, pack)]
+    label = resolved_lid(pack)[1]
+    return [got == label for got in identify(texts, pack)]
 
 
 def english_is(texts: list[str], lid_model: str = "ntrex-fasttext") -> list[bool]:

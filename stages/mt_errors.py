@@ -4,11 +4,17 @@ Every available system translates the test sentences English→language (`en-xx`
 language→English (`xx-en`): each available translator of the pack's list (pipeline.translate,
 cached), the base model prompted with the pack's `translate` template (`base`), and the
 adapted models prompted the same way (`taco`, `laft`: the LoRA adapters at
-models/<lang>/taco_sft/taco/adapter and models/<lang>/laft/adapter, when present). Scores:
-sacrebleu BLEU, chrF++ and TER with signatures and sacrebleu's paired bootstrap against the pack's reference system (the
-first available entry of its translator list: what the pipeline itself translates with);
-COMET when `mt_errors.comet_checkpoint` is set. Per sentence: the error taxonomy of
-pipeline.mt_eval. Per adaptation corpus: Jensen–Shannon divergence to the test set.
+models/<lang>/taco_sft/taco/adapter and models/<lang>/laft/adapter, when present), plus the
+trivial baseline `copy-source` (the source sentence as output). The sentences are a seeded
+sample stratified over the test documents (`max_sentences`; never a prefix, which would be one
+article). Scores: sacrebleu BLEU, chrF++ and TER (signatures kept) with intervals from resampling
+whole documents; every MT system is a comparison row against its strongest trivial baseline
+(copy-source, or Apertium where the pack has it) and the adapted systems also against `base`,
+each with a paired document-resampled interval and a verdict. COMET when
+`mt_errors.comet_checkpoint` is set. Per sentence: the error taxonomy of pipeline.mt_eval
+(shares with Wilson intervals; off-target and any-error of adapted systems paired against base).
+Per adaptation corpus: Jensen–Shannon divergence to the test set, and per test document against
+the adapted system's per-document gain over base (Khiu et al.; n = documents, >= 10).
 
 Writes results/<lang>/mt_errors.json (flat numbers + signature) and .rows.json,
 results/<lang>/mt_errors.details.json (rates, examples, signatures, which systems ran or why
@@ -25,14 +31,15 @@ from pathlib import Path
 from pipeline import io
 from pipeline.config import section
 from pipeline.errors import PolyalignError
-from pipeline.mt_eval import (COMET_NOT_COMPARABLE, ERROR_DOC, ERROR_TYPES, HIGHER_IS_BETTER, METRICS, THRESHOLDS,
-                              comet_covers, comet_scores, domain_divergence, error_rates, paired_scores,
-                              primary_error, sentence_chrf, sentence_errors)
+from pipeline import stats
+from pipeline.mt_eval import (COMET_NOT_COMPARABLE, ERROR_DOC, ERROR_TYPES, HIGHER_IS_BETTER, METRICS,
+                              MIN_CORR_POINTS, THRESHOLDS, comet_covers, comet_scores, correlation_ci,
+                              doc_delta, doc_divergence, doc_scores, domain_divergence, error_rates,
+                              primary_error, sentence_chrf, sentence_errors, strongest)
 from pipeline.packs import LanguagePack, Translator as TranslatorSpec, load_language
 from pipeline.paths import data_dir, repo_root, results_dir
 from pipeline.provenance import sha256_file, sha256_text, signature
-from pipeline.report import lid_note, row, write_stage
-from pipeline.stats import bootstrap_ci
+from pipeline.report import comparison, lid_note, mde_for, row, write_stage
 from pipeline.translate import (BACKWARD, FORWARD, MIN_LID_LETTERS, LlmIcl, Translator, backend_for,
                                 default_lang_check, letters)
 
@@ -42,6 +49,13 @@ DIRS = {"en-xx": FORWARD, "xx-en": BACKWARD}
 ADAPTERS = {"taco": ("taco_sft", "taco_sft/taco/adapter"), "laft": ("laft", "laft/adapter")}
 N_EXAMPLES = 3
 HUMAN = "human"  # the reference translation run through the error detectors (their false-positive floor)
+COPY = "copy-source"  # trivial baseline: the source sentence as the translation
+RULE_BASED = "apertium"  # the rule-based system, a baseline where the pack has it
+TRIVIAL = (COPY, RULE_BASED)
+BASE = "base"
+VS_BASE = "vs_base."  # metric prefix of the adapted systems' rows against base (chrF++.en-xx.laft is vs trivial)
+# adaptation corpus -> the system trained on it (laft_corpus = NTREX train + monolingual; taco_data)
+CORPUS_SYSTEM = {"train_tgt": "laft", "mono_train": "laft", "taco_instructions": "taco"}
 
 
 # --------------------------------------------------------------------------- systems
@@ -109,7 +123,7 @@ def build_systems(pack: LanguagePack, cfg: dict) -> tuple[dict[str, object], dic
 
 
 def load_test_set(pack_id: str) -> list[dict]:
-    """data/<lang>/test.jsonl in file order (documents stay together, so a prefix is whole documents and a part)."""
+    """data/<lang>/test.jsonl in file order."""
     path = data_dir(pack_id) / "test.jsonl"
     if not path.exists():
         raise PolyalignError(path, "(file)", "test split missing", f"run `dvc repro data@{pack_id}`")
@@ -140,17 +154,19 @@ def flag_outputs(src: list[str], ref: list[str], outputs: list[str], *, src_scri
     return {"flags": flags, "rates": error_rates(flags), "lid_known": sum(v is not None for v in verdicts)}
 
 
-def analyse(src: list[str], ref: list[str], hyps: dict[str, list[str]], *, reference: str, tgt_script: str,
-            n_boot: int, **flag_kw) -> dict:
+def analyse(src: list[str], ref: list[str], hyps: dict[str, list[str]], *, docs: list, tgt_script: str,
+            n_boot: int, seed: int, **flag_kw) -> dict:
     """Scores, per-sentence flags and rates of every system in one direction.
 
     The human reference also runs through the detectors as system HUMAN: its error shares
     (off-target above all: the identifier's own misses) are the floor under every system's.
+    The copy-source baseline is scored, not flagged (it is an untranslated copy by definition).
     """
-    scores = paired_scores(hyps, ref, reference, script=tgt_script, n_samples=n_boot)
+    scores = doc_scores(hyps, ref, docs, script=tgt_script, n_boot=n_boot, seed=seed)
     out = {}
     for name, outputs in hyps.items():
-        out[name] = flag_outputs(src, ref, outputs, tgt_script=tgt_script, **flag_kw)
+        out[name] = {"flags": None} if name == COPY else flag_outputs(src, ref, outputs, tgt_script=tgt_script,
+                                                                      **flag_kw)
         out[name] |= {"scores": scores[name], "chrf": [sentence_chrf(h, r) for h, r in zip(outputs, ref)]}
     out[HUMAN] = flag_outputs(src, ref, ref, tgt_script=tgt_script, **flag_kw) | {"chrf": [100.0] * len(ref)}
     return out
@@ -167,42 +183,85 @@ def examples(rows: list[dict], src: list[str], ref: list[str], outputs: list[str
 
 
 # --------------------------------------------------------------------------- rows
-def score_rows(pack: str, d: str, result: dict, reference: str, n: int) -> list[dict]:
-    out = []
-    for name, res in result.items():
-        if name == HUMAN:
-            continue
-        for metric in METRICS:
-            s = res["scores"][metric]
-            base = None if name == reference else result[reference]["scores"][metric]["score"]
-            note = None if s["p_value"] is None else f"paired bootstrap vs {reference}: p={s['p_value']:.4f}"
-            out.append(row(pack, "language", STAGE, f"{metric}.{d}.{name}", s["score"], ci=(s["ci_low"], s["ci_high"]),
-                           baseline=base, n=n, higher_is_better=HIGHER_IS_BETTER[metric], note=note))
+def score_rows(pack: str, d: str, result: dict, docs: list, cfg: dict) -> list[dict]:
+    """Per metric: the trivial baselines as rows, every other system compared with its strongest
+    trivial baseline and (adapted systems) with base, paired intervals over resampled documents."""
+    scores = {name: res["scores"] for name, res in result.items() if name != HUMAN}
+    trivial = [t for t in TRIVIAL if t in scores]
+    n, n_docs, out = len(docs), len(set(docs)), []
+    for metric in METRICS:
+        for name in scores:
+            if name == COPY:
+                s = scores[name][metric]
+                r = row(pack, "language", STAGE, f"{metric}.{d}.{name}", s["score"], ci=(s["ci_low"], s["ci_high"]),
+                        n=n, higher_is_better=HIGHER_IS_BETTER[metric],
+                        note="trivial baseline: the source sentence as output; " + s["signature"])
+                out.append(r | {"n_docs": n_docs})
+                continue
+            against = [t for t in trivial if t != name]
+            if against:
+                out.append(compare_scores(pack, d, metric, scores, name, strongest(scores, against, metric), docs,
+                                          cfg, prefix=""))
+            if name not in (BASE, *TRIVIAL) and BASE in scores:
+                out.append(compare_scores(pack, d, metric, scores, name, BASE, docs, cfg, prefix=VS_BASE))
     return out
 
 
-def error_rows(pack: str, d: str, result: dict, lid: str | None) -> list[dict]:
-    """Primary-error shares (each sentence counted once), with bootstrap CIs over sentences."""
-    out = []
-    for name, res in result.items():
-        primary = [primary_error(f) for f in res["flags"]]
+def compare_scores(pack: str, d: str, metric: str, scores: dict, name: str, baseline: str, docs: list, cfg: dict,
+                   *, prefix: str) -> dict:
+    """One comparison row: corpus `metric` of `name` against `baseline`, documents resampled whole."""
+    a, b = scores[name][metric], scores[baseline][metric]
+    delta = doc_delta(a, b, docs, n_boot=cfg["n_boot"], seed=cfg.get("seed", 0))
+    mde = mde_for(STAGE, metric)
+    hib = HIGHER_IS_BETTER[metric]
+    note = a["signature"]
+    verdict = stats.verdict(delta[0], delta[1], delta[2], mde, hib)
+    if baseline in TRIVIAL and verdict != "better":
+        note = f"does not beat {baseline}, its strongest trivial baseline ({verdict}); " + note
+    return comparison(pack, "language", STAGE, f"{prefix}{metric}.{d}.{name}", a["score"], b["score"],
+                      delta_ci=delta, n=len(docs), n_docs=len(set(docs)), mde=mde, baseline_name=baseline,
+                      higher_is_better=hib, ci=(a["ci_low"], a["ci_high"]), note=note)
+
+
+def error_rows(pack: str, d: str, result: dict, docs: list, lid: str | None, cfg: dict) -> list[dict]:
+    """Primary-error shares (each sentence counted once) with Wilson intervals; the adapted
+    systems' off-target and any-error shares also paired against base (documents resampled)."""
+    out, n_docs = [], len(set(docs))
+    primary = {name: [primary_error(f) for f in res["flags"]] for name, res in result.items() if res["flags"]}
+    for name, labels in primary.items():
         for kind in (*ERROR_TYPES, "any"):
-            hits = [p != "ok" if kind == "any" else p == kind for p in primary]
-            value, lo, hi = bootstrap_ci(hits)
+            hits = _hits(labels, kind)
             note = lid if kind in ("off_target", "any") else None
             if name == HUMAN and kind == "any":
                 note = "the human reference through the same detectors: the floor under every system's shares"
-            if kind == "off_target" and res["lid_known"] == 0:
+            value, lo, hi = stats.wilson_ci(sum(hits), len(hits))
+            if kind == "off_target" and result[name]["lid_known"] == 0:
                 value, lo, hi = None, None, None
                 note = (f"not measured: no output has the {MIN_LID_LETTERS} letters language identification "
                         "needs, or no identifier is available")
             out.append(row(pack, "language", STAGE, f"err.{kind}.{d}.{name}", value, ci=(lo, hi), n=len(hits),
-                           higher_is_better=False, note=note))
+                           higher_is_better=False, note=note) | {"n_docs": n_docs})
+            if kind in ("off_target", "any") and name not in (BASE, HUMAN, *TRIVIAL) and BASE in primary \
+                    and value is not None:
+                out.append(_error_vs_base(pack, d, name, kind, hits, _hits(primary[BASE], kind), docs, note, cfg))
     return out
 
 
-def comet_rows(pack: LanguagePack, d: str, src, ref, hyps: dict, reference: str, cfg: dict) -> tuple[list, dict]:
-    """COMET per system (or one skipped row per system), and {system: system score} for the details."""
+def _hits(labels: list[str], kind: str) -> list[bool]:
+    return [p != "ok" if kind == "any" else p == kind for p in labels]
+
+
+def _error_vs_base(pack, d, name, kind, hits, base_hits, docs, note, cfg) -> dict:
+    delta = stats.paired_delta(hits, base_hits, docs, n_boot=cfg["n_boot"], seed=cfg.get("seed", 0))
+    value, lo, hi = stats.wilson_ci(sum(hits), len(hits))
+    return comparison(pack, "language", STAGE, f"{VS_BASE}err.{kind}.{d}.{name}", value, sum(base_hits) / len(hits),
+                      delta_ci=delta, n=len(hits), n_docs=len(set(docs)), mde=mde_for(STAGE, "rate"),
+                      baseline_name=BASE, higher_is_better=False, ci=(lo, hi), note=note)
+
+
+def comet_rows(pack: LanguagePack, d: str, src, ref, hyps: dict, docs: list, cfg: dict) -> tuple[list, dict]:
+    """COMET per system (or one skipped row per system), and {system: system score} for the details.
+    Systems other than base are paired against base (segment scores, documents resampled)."""
     checkpoint = cfg.get("comet_checkpoint")
     covered = comet_covers(pack.bcp47)
     coverage = ("" if covered else f"; {pack.name} ({pack.bcp47}) is outside the COMET encoder's (XLM-R) "
@@ -219,19 +278,26 @@ def comet_rows(pack: LanguagePack, d: str, src, ref, hyps: dict, reference: str,
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     segs = {name: comet_scores(path, src, out, ref, batch_size=cfg["comet_batch_size"])[1]
             for name, out in hyps.items()}
-    rows, summary = [], {}
+    rows, summary, boot = [], {}, {"n_boot": cfg["n_boot"], "seed": cfg.get("seed", 0)}
     for name, seg in segs.items():
-        value, lo, hi = bootstrap_ci(seg)
-        base = None if name == reference else sum(segs[reference]) / len(segs[reference])
-        rows.append(row(pack.id, "language", STAGE, f"comet.{d}.{name}", value, ci=(lo, hi), baseline=base,
-                        n=len(seg), note=COMET_NOT_COMPARABLE + coverage))
+        value, lo, hi = stats.cluster_bootstrap_ci(seg, docs, **boot)
+        if name == BASE or BASE not in segs:
+            rows.append(row(pack.id, "language", STAGE, f"comet.{d}.{name}", value, ci=(lo, hi), n=len(seg),
+                            note=COMET_NOT_COMPARABLE + coverage) | {"n_docs": len(set(docs))})
+        else:
+            rows.append(comparison(pack.id, "language", STAGE, f"comet.{d}.{name}", value, float(sum(segs[BASE]) / len(seg)),
+                                   delta_ci=stats.paired_delta(seg, segs[BASE], docs, **boot), n=len(seg),
+                                   n_docs=len(set(docs)), mde=mde_for(STAGE, "comet"), baseline_name=BASE,
+                                   ci=(lo, hi), note=COMET_NOT_COMPARABLE + coverage))
         summary[name] = value
     return rows, summary
 
 
-def domain_rows(pack_id: str, test_tgt: list[str], cfg: dict) -> tuple[list[dict], dict]:
-    """JSD of each configured adaptation corpus to the test set's target side."""
+def domain_rows(pack_id: str, test: list[dict], sample: list[dict], en_xx: dict, cfg: dict) -> tuple[list[dict], dict]:
+    """JSD of each configured adaptation corpus to the whole test split's target side (context), and
+    per test document against the gain of the system trained on that corpus (Khiu et al.)."""
     rows, details = [], {}
+    test_tgt = [r["tgt"] for r in test]
     for name, spec in cfg["domain_corpora"].items():
         lines = read_corpus(spec.format(pack=pack_id))
         if lines is None:
@@ -239,12 +305,46 @@ def domain_rows(pack_id: str, test_tgt: list[str], cfg: dict) -> tuple[list[dict
                             note=f"corpus not present: {spec.format(pack=pack_id)}"))
             continue
         d = domain_divergence(lines, test_tgt, samples=cfg["jsd_samples"])
-        details[name] = d
         note = None if d["complete"] else (f"corpus ({d['corpus_tokens']} tokens) smaller than the test set "
                                            f"({d['test_tokens']}): divergence biased upwards")
         rows.append(row(pack_id, "language", STAGE, f"jsd.{name}", d["jsd"], ci=(d["ci_low"], d["ci_high"]),
                         n=d["test_tokens"], higher_is_better=False, note=note))
+        corr_row, d["per_doc"] = doc_similarity_row(pack_id, name, lines, test, sample, en_xx, cfg)
+        rows.append(corr_row)
+        details[name] = d
     return rows, details
+
+
+def doc_similarity_row(pack_id: str, corpus: str, lines: list[str], test: list[dict], sample: list[dict],
+                       en_xx: dict, cfg: dict) -> tuple[dict, dict]:
+    """Pearson r over test documents of JSD(corpus, document) vs the document's en→xx chrF++ gain of
+    the system trained on the corpus over base (context row; null under MIN_CORR_POINTS documents)."""
+    system, metric = CORPUS_SYSTEM.get(corpus), f"domain_r.{corpus}"
+    if system not in en_xx or BASE not in en_xx:
+        return row(pack_id, "language", STAGE, metric, None, higher_is_better=False,
+                   note=f"not measured: no system trained on this corpus ({system or 'none known'}) ran beside base"), {}
+    docs = [r["doc"] for r in sample]
+    gain = per_doc_gain(en_xx[system]["scores"]["chrf++"], en_xx[BASE]["scores"]["chrf++"], docs)
+    doc_lines = {doc: [r["tgt"] for r in test if r["doc"] == doc] for doc in gain}
+    jsd = doc_divergence(lines, doc_lines, samples=min(cfg["jsd_samples"], 5))
+    points = {doc: {"jsd": jsd[doc], "gain": gain[doc]} for doc in gain}
+    c = correlation_ci([p["jsd"] for p in points.values()], [p["gain"] for p in points.values()])
+    what = f"per-document JSD({corpus}, document) vs {system}'s chrF++ gain over base en→xx"
+    if c is None:
+        return row(pack_id, "language", STAGE, metric, None, n=len(points), higher_is_better=False,
+                   note=f"not shown: {len(points)} documents (< {MIN_CORR_POINTS}, or a constant side); {what}"), points
+    note = f"context, not a gain: Pearson r of {what} over {c['n']} documents (Fisher-z interval; z={c['z']:.4f}, se={c['se']:.4f})"
+    return row(pack_id, "language", STAGE, metric, c["r"], ci=(c["ci_low"], c["ci_high"]), n=c["n"],
+               higher_is_better=False, note=note) | {"n_docs": c["n"]}, points
+
+
+def per_doc_gain(a: dict, b: dict, docs: list) -> dict:
+    """{doc: corpus metric of system a on the document's sentences - the same for b} (doc_scores entries)."""
+    out = {}
+    for doc in dict.fromkeys(docs):
+        idx = [i for i, x in enumerate(docs) if x == doc]
+        out[doc] = a["score_fn"](a["stats"][idx].sum(0)) - b["score_fn"](b["stats"][idx].sum(0))
+    return out
 
 
 def read_corpus(spec: str) -> list[str] | None:
@@ -289,15 +389,18 @@ TSV_HEADER = "\t".join(["direction", "system", "doc", "line", "chrf++", "primary
                         "reference"])
 
 
+def public_scores(scores: dict | None) -> dict | None:
+    """A system's scores without the per-sentence statistics (for the JSON details)."""
+    keep = ("score", "ci_low", "ci_high", "signature")
+    return None if scores is None else {m: {k: v[k] for k in keep} for m, v in scores.items()}
+
+
 def flat(d: str, result: dict, comet: dict) -> dict:
     out = {}
     for name, res in result.items():
         for metric in METRICS if name != HUMAN else ():
-            s = res["scores"][metric]
-            out[f"{d}.{name}.{metric}"] = s["score"]
-            if s["p_value"] is not None:
-                out[f"{d}.{name}.{metric}.p_value"] = s["p_value"]
-        for kind, r in res["rates"].items():
+            out[f"{d}.{name}.{metric}"] = res["scores"][metric]["score"]
+        for kind, r in (res.get("rates") or {}).items():
             if r["rate"] is not None:
                 out[f"{d}.{name}.rate.{kind}"] = r["rate"]
         if name in comet:
@@ -324,62 +427,73 @@ def translate_all(backends: dict, pack: LanguagePack, rows: list[dict], check) -
     return hyps
 
 
-def evaluate(pack: LanguagePack, cfg: dict, rows: list[dict], backends: dict, reference: str, check, *,
-             domain_test: list[str] | None = None) -> dict:
+def evaluate(pack: LanguagePack, cfg: dict, rows: list[dict], backends: dict, check, *,
+             test: list[dict] | None = None) -> dict:
     """Everything mt_errors measures, for given systems (tests pass fake backends and LID).
 
-    `rows` are the sentences translated; the domain divergence uses `domain_test` (the whole
-    test split's target side): JSD depends on sample size, so it must not shrink with
+    `rows` are the sentences translated (a stratified sample of `test`); the domain divergence
+    uses the whole test split (`test`): JSD depends on sample size, so it must not shrink with
     `max_sentences`.
     """
     lid = lid_note(pack.id)
     thresholds = THRESHOLDS | (cfg.get("thresholds") or {})
-    report = {"metrics": {}, "rows": [], "details": {}, "tsv": [TSV_HEADER], "texts": {}}
-    outputs_by_dir = translate_all(backends, pack, rows, check)
-    for d, hyps in outputs_by_dir.items():
+    report = {"metrics": {}, "rows": [], "details": {}, "tsv": [TSV_HEADER], "texts": {}, "results": {}}
+    docs = [r["doc"] for r in rows]
+    for d, hyps in translate_all(backends, pack, rows, check).items():
         src, ref = sides(rows, d)
+        hyps[COPY] = list(src)
         scripts = ("Latn", pack.script) if d == "en-xx" else (pack.script, "Latn")
-        result = analyse(src, ref, hyps, reference=reference, src_script=scripts[0], tgt_script=scripts[1],
+        result = analyse(src, ref, hyps, docs=docs, src_script=scripts[0], tgt_script=scripts[1],
                          lang="tgt" if d == "en-xx" else "en", check=check, thresholds=thresholds,
-                         n_boot=cfg["n_boot"])
-        c_rows, comet = comet_rows(pack, d, src, ref, hyps, reference, cfg)
-        report["rows"] += score_rows(pack.id, d, result, reference, len(rows)) + c_rows
+                         n_boot=cfg["n_boot"], seed=cfg.get("seed", 0))
+        c_rows, comet = comet_rows(pack, d, src, ref, hyps, docs, cfg)
+        report["rows"] += score_rows(pack.id, d, result, docs, cfg) + c_rows
         # the pack's identifier judges en-xx outputs; English (xx-en) is identified well by every identifier
-        report["rows"] += error_rows(pack.id, d, result, lid if d == "en-xx" else None)
+        report["rows"] += error_rows(pack.id, d, result, docs, lid if d == "en-xx" else None, cfg)
         report["metrics"] |= flat(d, result, comet)
         outputs = {**hyps, HUMAN: ref}
-        report["details"][d] = {name: {"scores": res.get("scores"), "rates": res["rates"], "comet": comet.get(name),
-                                       "examples": examples(rows, src, ref, outputs[name], res["flags"])}
+        report["details"][d] = {name: {"scores": public_scores(res.get("scores")), "rates": res.get("rates"),
+                                       "comet": comet.get(name),
+                                       "examples": res["flags"] and examples(rows, src, ref, outputs[name], res["flags"])}
                                 for name, res in result.items()}
-        report["tsv"] += tsv_lines(d, rows, src, ref, outputs, result)
+        report["tsv"] += tsv_lines(d, rows, src, ref, {k: v for k, v in outputs.items() if k != COPY}, result)
         report["texts"][d] = (src, ref, hyps)
-    d_rows, domain = domain_rows(pack.id, domain_test or [r["tgt"] for r in rows], cfg)
+        report["results"][d] = result
+    d_rows, domain = domain_rows(pack.id, test or rows, rows, report["results"]["en-xx"], cfg)
     report["rows"] += d_rows
     report["metrics"] |= {f"jsd.{k}": v["jsd"] for k, v in domain.items()}
     report["details"]["domain"] = domain
     return report
 
 
+def sample_sentences(test: list[dict], cfg: dict) -> list[dict]:
+    """`max_sentences` test rows spread over the test documents (seeded round robin), never a prefix."""
+    return stats.stratified_sample(test, lambda r: r["doc"], cfg.get("max_sentences"), seed=cfg.get("seed", 0))
+
+
 def run(pack_id: str) -> None:
     pack, cfg = load_language(pack_id), section(STAGE)
     test = load_test_set(pack_id)
-    rows = test[: cfg["max_sentences"]] if cfg.get("max_sentences") else test
+    rows = sample_sentences(test, cfg)
     backends, skipped, reference = build_systems(pack, cfg)
-    report = evaluate(pack, cfg, rows, backends, reference, default_lang_check(pack),
-                      domain_test=[r["tgt"] for r in test])
+    report = evaluate(pack, cfg, rows, backends, default_lang_check(pack), test=test)
     systems = {name: b.system_id() for name, b in backends.items()}
+    n_docs = len({r["doc"] for r in rows})
     details = {"reference": reference, "systems": systems, "skipped": skipped,
                "thresholds": THRESHOLDS | (cfg.get("thresholds") or {}), "error_types": ERROR_DOC,
                "comet_checkpoint": cfg.get("comet_checkpoint"), "comet_covers_language": comet_covers(pack.bcp47),
-               "n_sentences": len(rows), **report["details"]}
+               "n_sentences": len(rows), "n_docs": n_docs, "test_docs": len({r["doc"] for r in test}),
+               **report["details"]}
     for d, (src, ref, hyps) in report["texts"].items():
         write_texts(pack_id, d, src, ref, hyps)
-    sig = signature(stage=STAGE, pack=pack_id, cfg=cfg, systems=systems, reference=reference,
+    sig = signature(stage=STAGE, pack=pack_id, cfg=cfg, systems=systems,
                     test=sha256_file(data_dir(pack_id) / "test.jsonl")[:12],
-                    sacrebleu_chrf=report["details"]["en-xx"][reference]["scores"]["chrf++"]["signature"])
+                    sacrebleu_chrf=report["details"]["en-xx"][COPY]["scores"]["chrf++"]["signature"],
+                    sacrebleu_bleu=report["details"]["en-xx"][COPY]["scores"]["bleu"]["signature"],
+                    sacrebleu_ter=report["details"]["en-xx"][COPY]["scores"]["ter"]["signature"])
     io.write_json(results_dir(pack_id) / f"{STAGE}.details.json", {"signature": sig, **details})
     io.write_text(results_dir(pack_id) / f"{STAGE}.sentences.tsv", "\n".join(report["tsv"]) + "\n")
-    metrics = {"n_sentences": len(rows), "systems": len(backends), **report["metrics"]}
+    metrics = {"n_sentences": len(rows), "n_docs": n_docs, "systems": len(backends), **report["metrics"]}
     write_stage(pack_id, STAGE, metrics, report["rows"], sig)
 
 

@@ -1,47 +1,20 @@
-"""scorecard@<pack>: gather every stage's scorecard rows of one pack into reports/packs/<pack>.json.
+"""scorecard@<pack> (and scorecard_shared, --pack _shared): gather every stage's scorecard rows of
+one pack into reports/packs/<pack>.json.
 
-Each stage writes results/<pack>/<stage>.rows.json through pipeline.report.write_stage.
-This stage validates every row against the scorecard contract (pipeline/report.py, docs/contracts.md) and joins them;
-a malformed row is a one-line error naming the file, the row and the field.
+Each stage writes results/<pack>/<stage>.rows.json through pipeline.report.write_stage; stages
+that run once (rm_train, maft, culture_sft_all) write under results/_shared/. Every row is
+validated against the scorecard contract (pipeline/report.py, docs/contracts.md); a malformed row
+is a one-line error naming the file, the row and the field. The work is pipeline.scorecard's.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pipeline import io
-from pipeline.errors import PolyalignError
-from pipeline.packs import kind_of
-from pipeline.paths import repo_root, results_dir
-from pipeline.report import validate_rows
-
-KIND = {"languages": "language", "cultures": "culture"}
-
-
-def pack_scorecard_path(pack: str) -> Path:
-    return repo_root() / "reports" / "packs" / f"{pack}.json"
-
-
-def gather(pack: str) -> list[dict]:
-    """Every row of results/<pack>/*.rows.json, validated, in stage-file order."""
-    kind = KIND[kind_of(pack)]
-    rows = []
-    for file in sorted(results_dir(pack).glob("*.rows.json")):
-        try:
-            data = io.read_json(file)
-        except ValueError as exc:
-            raise PolyalignError(file, "(document)", f"invalid JSON: {exc}", "re-run the stage that wrote it") from None
-        for i, item in enumerate(validate_rows(data, file)):
-            for key, want in (("pack", pack), ("kind", kind)):
-                if item[key] != want:
-                    raise PolyalignError(file, f"[{i}].{key}", f"'{item[key]}' in the scorecard of {kind} pack "
-                                         f"'{pack}'", f"use '{want}'")
-            rows.append(item)
-    return rows
+from pipeline.report import validate_rows  # noqa: F401  (re-exported: the contract's validator)
+from pipeline.scorecard import gather, pack_scorecard_path, write_pack_scorecard  # noqa: F401
 
 
 def run(pack: str) -> None:
-    io.write_json(pack_scorecard_path(pack), gather(pack))
+    write_pack_scorecard(pack)
 
 
 if __name__ == "__main__":

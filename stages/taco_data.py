@@ -34,54 +34,21 @@ import time
 import unicodedata
 from collections import Counter
 
-import sacrebleu
 from tqdm import tqdm
 
 from pipeline import io
 from pipeline.config import section
 from pipeline.errors import PolyalignError
-from pipeline.packs import LanguagePack, Template, load_language
+from pipeline.packs import LanguagePack, load_language
 from pipeline.paths import data_dir
 from pipeline.provenance import sha256_text, signature
 from pipeline.report import row, write_stage
 from pipeline.sources import read
 from pipeline.stats import bootstrap_ci
+from pipeline.taco import TEMPLATE_KEYS, chrf, plain_example, taco_example, templates_of
 from pipeline.translate import BACKWARD, FORWARD, Translator
 
 STAGE = "taco_data"
-TEMPLATE_KEYS = ("taco", "taco_target", "instruct")
-
-
-# --------------------------------------------------------------------------- templates
-def render(template: Template, **fields: str) -> str:
-    """Fill a versioned template; a placeholder without a value is a one-line error."""
-    try:
-        return template.text.format_map(fields)
-    except KeyError as exc:
-        raise PolyalignError("templates", template.id, f"placeholder {exc} has no value",
-                             f"the template may use only {sorted(fields)}") from None
-
-
-def templates_of(pack: LanguagePack) -> dict[str, Template]:
-    missing = [k for k in TEMPLATE_KEYS if k not in pack.templates]
-    if missing:
-        raise PolyalignError(f"languages/{pack.id}.yaml", "templates", f"missing {missing}",
-                             "include _common.yaml or define them")
-    return {k: pack.templates[k] for k in TEMPLATE_KEYS}
-
-
-def taco_example(templates: dict[str, Template], pack: LanguagePack, s: dict) -> dict:
-    """{prompt, response} in the TaCo format for sample `s` (translated + English fields)."""
-    prompt = render(templates["taco"], instruction=s["instruction"], tgt_name=pack.name)
-    response = render(templates["taco_target"], instruction_en=s["instruction_en"], response_en=s["response_en"],
-                      response=s["response"], tgt_name=pack.name)
-    return {"prompt": prompt, "response": response}
-
-
-def plain_example(templates: dict[str, Template], pack: LanguagePack, s: dict) -> dict:
-    """{prompt, response} for plain instruction tuning on the same translated sample."""
-    return {"prompt": render(templates["instruct"], instruction=s["instruction"], tgt_name=pack.name),
-            "response": " " + s["response"]}
 
 
 # --------------------------------------------------------------------------- instructions
@@ -137,11 +104,6 @@ def n_heldout(n: int, fraction: float) -> int:
 
 
 # --------------------------------------------------------------------------- gate and curriculum
-def chrf(hyp: str, ref: str) -> float:
-    """Sentence chrF (sacrebleu defaults: char 6-grams, beta 2), 0..100."""
-    return float(sacrebleu.sentence_chrf(hyp, [ref]).score)
-
-
 def round_trip_text(s: dict) -> tuple[str, str]:
     """(back-translation, original): instruction and answer together, so long answers weigh more."""
     return f"{s['rt_instruction_en']}\n{s['rt_response_en']}", f"{s['instruction_en']}\n{s['response_en']}"

@@ -6,24 +6,32 @@
 - `plain`: prompt = the plain instruct template, response = the translated answer only.
 
 Same samples, same order (taco_data's curriculum), same settings (`taco.sft`), so the
-difference between the two is the chain-of-thought format alone. When taco_data found too
+difference between the two is the chain-of-thought format alone.
+
+`taco.schedule`: `taco_only` trains the TaCo adapter on TaCo targets for all `sft.max_steps`;
+`staged` follows the paper's curriculum (an instruction-following model first, then TaCo
+tuning): the first `staged_fraction` of the steps on the plain examples, the rest on the TaCo
+examples, in one run of the same adapter, so the total steps match the plain adapter's. When taco_data found too
 few samples above the round-trip gate, nothing is trained: models/<lang>/taco_sft/status.json
 and the scorecard rows say why (translator, measured round-trip chrF, counts).
 
 Writes models/<lang>/taco_sft/{taco,plain}/{adapter/,curve.tsv} and status.json (one atomic
 rename), results/<lang>/taco_sft.{json,rows.json} and the curves for DVC plots as
-results/<lang>/taco_sft_{taco,plain}_curve.tsv (step, tokens, loss).
+results/_curves/{loss,lr,tokens_per_s}/<lang>.taco_sft_{taco,plain}.tsv (DVC plots).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pipeline import io
 from pipeline.config import section
-from pipeline.paths import data_dir, repo_root
+from pipeline.errors import PolyalignError
+from pipeline.paths import data_dir
 from pipeline.provenance import sha256_file, signature
 from pipeline.report import row, write_stage
+from pipeline.taco import sft_dir
 from pipeline.train import DEFAULTS, curve_file, write_curves
 
 STAGE = "taco_sft"
@@ -32,18 +40,21 @@ COST = (("final_loss", False), ("train_tokens", True), ("tokens_per_s", True), (
         ("peak_rss_gb", False))
 
 
+SCHEDULES = ("taco_only", "staged")
+
+
 def out_dir(pack_id: str) -> Path:
-    return repo_root() / "models" / pack_id / STAGE
+    return sft_dir(pack_id)
+
+
+def curve_name(pack_id: str, name: str) -> str:
+    """DVC plot curves of one adapter: results/_curves/<quantity>/<pack>.taco_sft_<name>.tsv."""
+    return curve_file(pack_id, f"{STAGE}_{name}")
 
 
 def train_cfg(cfg: dict) -> dict:
     """`taco.sft` as pipeline.train settings; batches follow taco_data's curriculum order by default."""
     return {"order": "given", **cfg["sft"]}
-
-
-def system_cfg(cfg: dict, pack_id: str, name: str) -> dict:
-    """train_cfg plus where this system's curve (with tokens/s) goes."""
-    return {**train_cfg(cfg), "curve_file": curve_file(pack_id, f"{STAGE}_{name}")}
 
 
 def skipped_rows(pack_id: str, reason: str) -> list[dict]:
@@ -74,14 +85,42 @@ def fitting(base: str, samples: list[dict], max_len: int) -> tuple[list[dict], i
     return kept, len(samples) - len(kept)
 
 
+def schedule_of(cfg: dict) -> str:
+    how = cfg.get("schedule", "taco_only")
+    if how not in SCHEDULES:
+        raise PolyalignError("params.yaml", "taco.schedule", f"unknown schedule '{how}'", f"use one of {SCHEDULES}")
+    return how
+
+
+def staged_examples(samples: list[dict], steps: int, batch_size: int, fraction: float) -> tuple[list[dict], int]:
+    """The staged curriculum as one example list of steps x batch_size, in order: the plain
+    examples (cycled) for round(fraction x steps) steps, then the TaCo examples (cycled).
+    Returns (examples, plain steps)."""
+    first = min(steps - 1, max(0, round(fraction * steps)))
+    take = lambda key, n: [samples[i % len(samples)][key] for i in range(n)]  # noqa: E731
+    return take("plain", first * batch_size) + take("taco", (steps - first) * batch_size), first
+
+
+def taco_run(samples: list[dict], cfg: dict) -> tuple[list[dict], dict, int]:
+    """(examples, trainer settings, plain steps first) of the TaCo adapter under `taco.schedule`."""
+    s = train_cfg(cfg)
+    if schedule_of(cfg) == "taco_only":
+        return [x["taco"] for x in samples], s, 0
+    full = {**DEFAULTS, **s}
+    steps = full["max_steps"] or math.ceil(len(samples) / full["batch_size"]) * full["epochs"]
+    examples, first = staged_examples(samples, steps, full["batch_size"], float(cfg.get("staged_fraction", 0.5)))
+    return examples, {**s, "max_steps": steps, "epochs": 1, "order": "given"}, first
+
+
 def train_both(base: str, samples: list[dict], out: Path, cfg: dict, pack_id: str) -> dict[str, dict]:
     """Train the taco and plain adapters into `out` (an atomic temporary folder)."""
     from pipeline.train import train_causal_lm
 
-    results = {}
-    for name in SYSTEMS:
-        examples = [s[name] for s in samples]
-        results[name] = train_causal_lm(base, examples, out / name, system_cfg(cfg, pack_id, name))
+    results = {"plain": train_causal_lm(base, [s["plain"] for s in samples], out / "plain",
+                                       {**train_cfg(cfg), "curve_file": curve_name(pack_id, "plain")})}
+    examples, settings, first = taco_run(samples, cfg)
+    taco = train_causal_lm(base, examples, out / "taco", {**settings, "curve_file": curve_name(pack_id, "taco")})
+    results["taco"] = {**taco, "plain_steps_first": first}
     return results
 
 
@@ -103,11 +142,12 @@ def run(pack_id: str, cfg: dict | None = None) -> None:
                                             "translator": meta["translator"], "samples": len(samples), "too_long": too_long,
                                             "results": results})
     for name in SYSTEMS if not trained else ():  # header only, so the plot is empty, not missing
-        write_curves(curve_file(pack_id, f"{STAGE}_{name}"), [])
-    metrics = {"trained": trained, "samples": len(samples), "too_long": too_long}
+        write_curves(curve_name(pack_id, name), [])
+    metrics = {"trained": trained, "samples": len(samples), "too_long": too_long, "staged": schedule_of(cfg) == "staged"}
     metrics |= {f"{k}_{name}": v for name, res in results.items() for k, v in res.items()}
     rows = trained_rows(pack_id, results) if trained else skipped_rows(pack_id, reason)
-    sig = signature(stage=STAGE, pack=pack_id, base=base, cfg=cfg["sft"], translator=meta["translator"],
+    sig = signature(stage=STAGE, pack=pack_id, base=base, cfg=cfg["sft"], schedule=schedule_of(cfg),
+                    staged_fraction=cfg.get("staged_fraction"), translator=meta["translator"],
                     data=sha256_file(folder / "taco.jsonl")[:12])
     write_stage(pack_id, STAGE, metrics, rows, sig)
 

@@ -17,3 +17,19 @@ def test_failures_name_each_failed_child_with_its_last_error_line():
     assert run_all.failures(train, gen) == {"train.sft.exact": "pipeline.errors.PolyalignError: offline",
                                             "generate": "RuntimeError: boom"}
     assert run_all.failures({"sft": {"trainer": {}}}, {"batch_8": {}}) == {}
+
+
+def test_generate_summary_rates_utilisation_and_same_run_ratio():
+    gen = {"per_example": {"tokens_per_s": 10.0},
+           "batch_8": {"tokens_per_s": 40.0, "speedup": 4.0, "same_as_per_example": 1.0},
+           "batch_16": {"tokens_per_s": 60.0, "speedup": 6.0, "same_as_per_example": 1.0},
+           "batch_16_fp32_head": {"tokens_per_s": 30.0, "same_as_prescored": 1.0},
+           "sampled_batch_16": {"tokens_per_s": 50.0, "speedup": 5.0},
+           "scoring": {"text_bits": {"tokens_per_s": 900.0},
+                       "options_shared": {"tokens_per_s": 1200.0, "speedup": 2.5}}}
+    out = run_all.generate_summary(gen, {"fp32": {"gflops": 100.0}}, n_params=250_000_000)
+    assert out["greedy_best"] == "batch_16" and out["greedy_tokens_per_s"] == 60.0
+    assert out["greedy_gflops"] == 2 * 250e6 * 60 / 1e9 and out["greedy_utilisation_vs_fp32_peak"] == 0.3
+    assert out["prescored_vs_fp32_head_same_run"] == 2.0 and out["sampled_speedup"] == 5.0
+    assert out["scoring_shared_context_speedup"] == 2.5
+    assert 0 < out["default_graph_decode_score_share_estimate"] < 1

@@ -56,6 +56,7 @@ def test_graph_writes_valid_scorecard(smoke_repo):
     assert all(r["value"] is not None or r.get("note") for r in rows)
     stages = {(r["pack"], r["stage"]) for r in rows}
     assert ("glg", "data") in stages
+    assert ("_shared", "rm_train") in stages   # stages that run once reach the scorecard (scorecard_shared)
     assert (smoke_repo / "reports" / "index.html").exists() and (smoke_repo / "reports" / "scorecard.md").exists()
 
 

@@ -226,3 +226,121 @@ def test_shared_prefix_runs_once_and_gives_hf_tokens(lm):
     window = model.config.get_text_config().sliding_window
     if window:  # a sequence that could outgrow the sliding window is not split
         assert G._shared_prefix(model, seqs, window) == 0
+
+
+# --------------------------------------------------------------------------- sampling in our loop
+SAMPLE = dict(do_sample=True, temperature=0.9, top_p=0.9, seed=3)
+
+
+def test_sampled_row_does_not_depend_on_its_batch_mates(lm):
+    """Each row draws from its own generator (seeded by seed, prompt ids, copy): alone == batched."""
+    model, tok = lm
+    batched = G.generate_ids(model, tok, PROMPTS, max_new_tokens=10, batch_size=8, num_return_sequences=2, **SAMPLE)
+    alone = [G.generate_ids(model, tok, [p], max_new_tokens=10, batch_size=1, num_return_sequences=2, **SAMPLE)[0]
+             for p in PROMPTS]
+    assert batched == alone
+    assert any(a != b for a, b in batched)  # the two copies of a prompt draw differently
+    other = G.generate_ids(model, tok, PROMPTS, max_new_tokens=10, batch_size=8, num_return_sequences=2,
+                           **(SAMPLE | {"seed": 4}))
+    assert other != batched
+
+
+def test_sampler_keeps_the_nucleus_and_draws_its_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 40) * 2
+    sampler = G._Sampler([11], temperature=0.7, top_k=10, top_p=0.8)
+    top = torch.softmax(logits / 0.7, -1)[0].topk(10)
+    ids, probs = sampler.nucleus(logits.topk(10).values)  # what _Head.topk hands it
+    ids = top.indices[ids]
+    top_p = top.values / top.values.sum()
+    n = int(((top_p.cumsum(0) - top_p) < 0.8).sum())  # HF's TopP after TopK, written out
+    assert ids[0, :n].tolist() == top.indices[:n].tolist() and bool((probs[0, n:] == 0).all())
+    assert torch.allclose(probs[0, :n], top_p[:n] / top_p[:n].sum(), atol=1e-6)
+    draws = torch.cat([top.indices[sampler.draw(logits.topk(10).values, torch.tensor([0]))] for _ in range(3000)])
+    freq = torch.bincount(draws, minlength=40).double() / len(draws)
+    want = torch.zeros(40, dtype=torch.float64)
+    want[top.indices[:n]] = (top_p[:n] / top_p[:n].sum()).double()
+    assert set(draws.tolist()) <= set(top.indices[:n].tolist())
+    assert (freq - want).abs().max() < 4 * math.sqrt(0.25 / len(draws))  # within ~4 standard errors
+
+
+def test_sampling_falls_back_to_generate_with_a_logits_processor(lm):
+    model, tok = lm
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        assert not G._plain_sampling(model)
+        a = G.generate(model, tok, PROMPTS[:2], max_new_tokens=5, num_return_sequences=2, **SAMPLE)
+        assert a == G.generate(model, tok, PROMPTS[:2], max_new_tokens=5, num_return_sequences=2, **SAMPLE)
+    finally:
+        model.generation_config.repetition_penalty = None
+
+
+# --------------------------------------------------------------------------- the pre-scored head
+@pytest.mark.parametrize("kind", ["fp16", "bf16"])
+def test_prescored_head_gives_the_exact_top_k_within_its_bound(monkeypatch, kind):
+    """Output layer of the real shape ratio, hidden states with outliers: the cheap pass's error
+    stays within its bound, and topk / argmax equal those of the full logits."""
+    monkeypatch.setenv("POLYALIGN_PRESCORE", kind)
+    torch.manual_seed(0)
+    weight = torch.randn(5000, 64) * 0.05
+    hidden = torch.randn(24, 64) * 3
+    hidden[:, 5] *= 20  # an outlier dimension, as gemma's final norm makes
+    hidden[1] = hidden[0]  # identical rows, and a near-tie between two tokens:
+    weight[7] = weight[3] + 1e-9
+
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = torch.nn.Linear(64, 5000, bias=False)
+            self.lm_head.weight.data = weight
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+    model = Fake()
+    monkeypatch.setattr("pipeline.train.lm_parts", lambda m: (None, m.lm_head.weight, None))
+    head = G._Head(model)
+    assert head.pre is not None and head.pre.kind == kind
+    full = hidden @ weight.t()
+    approx, bound = head.pre.approx(hidden)
+    assert bool(((approx - full).abs() <= bound).all())
+    assert head.argmax(hidden).tolist() == full.argmax(-1).tolist()
+    vals, ids = head.topk(hidden, 20)
+    assert ids.tolist() == full.topk(20).indices.tolist()
+    assert torch.allclose(vals, full.topk(20).values, atol=1e-5)
+    assert G._Head(model).pre is head.pre  # built once per weight
+
+
+def test_greedy_with_the_bf16_prescore_equals_transformers_generate(lm, monkeypatch):
+    """The path CPUs with bf16 units take (slow here, emulated): still HF's greedy tokens."""
+    monkeypatch.setenv("POLYALIGN_PRESCORE", "bf16")
+    model, tok = lm
+    prompts = by_length(tok, PROMPTS)
+    ours = G.generate_ids(model, tok, prompts, max_new_tokens=20, batch_size=8)
+    assert [r[0] for r in ours] == hf_greedy(model, tok, prompts, 20)
+
+
+def test_fp16_body_layers_give_the_fp32_logits_and_greedy_tokens(monkeypatch):
+    """Weights that fp16 holds exactly (gemma's, stored in bf16): the fbgemm fp16 layers compute
+    the same products, so logits agree to float rounding and greedy decoding is unchanged."""
+    from pipeline.models import load_model
+
+    monkeypatch.setenv("POLYALIGN_PRESCORE", "fp16")
+    model, tok = load_model(TINY, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    head = G._Head(model)
+    assert len(head.fp16_body.layers) >= 4 * model.config.num_hidden_layers  # q, k, v, o (and the MLP)
+    ids = torch.tensor([G._encode_prompt(tok, PROMPTS[2])])
+    with torch.no_grad():
+        plain = model(ids).logits
+        with head.fp16_body:
+            assert "forward" in vars(head.fp16_body.layers[0])  # fbgemm's fp16 GEMM
+            fast = model(ids).logits
+    assert "forward" not in vars(head.fp16_body.layers[0])  # restored
+    assert torch.allclose(plain, fast, atol=1e-4)
+    prompts = by_length(tok, PROMPTS)
+    ours = G.generate_ids(model, tok, prompts, max_new_tokens=12, batch_size=8)
+    monkeypatch.setenv("POLYALIGN_PRESCORE", "off")
+    assert ours == G.generate_ids(model, tok, prompts, max_new_tokens=12, batch_size=8)

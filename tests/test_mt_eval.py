@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,17 +101,28 @@ def test_human_translation_is_mostly_clean(ntrex):
 
 
 # --------------------------------------------------------------------------- scores
-def test_paired_scores_match_corpus_scores(ntrex):
+def test_doc_scores_match_sacrebleu_and_resample_documents(ntrex):
+    """Corpus scores equal sacrebleu's; intervals resample documents, so clustered errors widen them."""
     en, gl = ntrex["eng"][:60], ntrex["glg"][:60]
     systems = {"ref_like": [g.rsplit(" ", 1)[0] for g in gl], "copy": en}
-    paired = M.paired_scores(systems, gl, "ref_like", n_samples=200)
+    by_doc = [i // 6 for i in range(60)]
+    scores = M.doc_scores(systems, gl, by_doc, n_boot=200)
     for name, hyps in systems.items():
         plain = M.corpus_scores(hyps, gl)
         for metric in M.METRICS:
-            assert paired[name][metric]["score"] == pytest.approx(plain[metric]["score"])
-            assert paired[name][metric]["ci_low"] <= paired[name][metric]["ci_high"]
-    assert paired["ref_like"]["chrf++"]["p_value"] is None and paired["copy"]["chrf++"]["p_value"] < 0.05
-    assert "nrefs:1" in paired["copy"]["chrf++"]["signature"] and "bs:200" in paired["copy"]["chrf++"]["signature"]
+            s = scores[name][metric]
+            assert s["score"] == pytest.approx(plain[metric]["score"])
+            assert s["ci_low"] <= s["score"] <= s["ci_high"] and s["signature"] == plain[metric]["signature"]
+    assert "nrefs:1" in scores["copy"]["chrf++"]["signature"]
+    delta = M.doc_delta(scores["ref_like"]["chrf++"], scores["copy"]["chrf++"], by_doc, n_boot=200)
+    assert delta[0] == pytest.approx(scores["ref_like"]["chrf++"]["score"] - scores["copy"]["chrf++"]["score"])
+    assert delta[1] > 0  # a near-reference system beats copying the English source
+    assert M.strongest(scores, ["ref_like", "copy"], "chrf++") == "ref_like"
+    assert M.strongest(scores, ["ref_like", "copy"], "ter") == "ref_like"  # lower TER is stronger
+    # one cluster per item vs 10 documents: same estimate, the document interval is not the item one
+    items = M.doc_scores({"copy": en}, gl, list(range(60)), n_boot=200)["copy"]["chrf++"]
+    assert items["score"] == pytest.approx(scores["copy"]["chrf++"]["score"])
+    assert (items["ci_low"], items["ci_high"]) != (scores["copy"]["chrf++"]["ci_low"], scores["copy"]["chrf++"]["ci_high"])
 
 
 def test_bleu_tokenizer_by_script():
@@ -140,6 +152,24 @@ def test_correlations():
     assert M.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1)
     assert M.spearman([1, 2, 3, 4], [10, 9, 8, 1]) == pytest.approx(-1)
     assert M.pearson([1, 2], [1, 2]) is None
+
+
+def test_domain_correlation_needs_ten_points_and_pools_by_fisher_z():
+    x = [float(i) for i in range(12)]
+    y = [v + (1.5 if i % 2 else -1.5) for i, v in enumerate(x)]
+    assert M.correlation_ci(x[:9], y[:9]) is None  # under MIN_CORR_POINTS: not a finding
+    c = M.correlation_ci(x, y)
+    assert c["n"] == 12 and c["ci_low"] < c["r"] < c["ci_high"] and c["r"] == pytest.approx(M.pearson(x, y))
+    pooled = M.pooled_correlation([c, c, None])
+    assert pooled["n"] == 24 and pooled["r"] == pytest.approx(c["r"])
+    assert pooled["ci_high"] - pooled["ci_low"] < c["ci_high"] - c["ci_low"]  # more documents, narrower
+    assert M.pooled_correlation([None]) is None
+
+
+def test_doc_divergence_is_per_document(ntrex):
+    gl, en = ntrex["glg"], ntrex["eng"]
+    jsd = M.doc_divergence(gl[300:1500], {"gl": gl[:16], "en": en[:16]}, samples=3)
+    assert set(jsd) == {"gl", "en"} and 0 < jsd["gl"] < jsd["en"] <= 1
 
 
 # --------------------------------------------------------------------------- COMET
@@ -192,12 +222,12 @@ class FakeBackend:
 
 @pytest.fixture
 def glg_repo(repo_copy, tmp_path, monkeypatch, ntrex):
-    """A repository copy with 24 single-sentence glg test rows and fake systems."""
+    """A repository copy with 36 single-sentence glg test rows in 12 documents, and fake systems."""
     from pipeline.translate import segments_of
 
     monkeypatch.setenv("POLYALIGN_CACHE", str(tmp_path / "cache"))
     pairs = [(e, g) for e, g in zip(ntrex["eng"], ntrex["glg"]) if segments_of(e) == [e] and segments_of(g) == [g]]
-    rows = [{"doc": f"d{i // 8}", "line": i, "en": e, "tgt": g} for i, (e, g) in enumerate(pairs[:24])]
+    rows = [{"doc": f"d{i // 3}", "line": i, "en": e, "tgt": g} for i, (e, g) in enumerate(pairs[:36])]
     data = repo_copy / "data" / "glg"
     data.mkdir(parents=True)
     (data / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -211,21 +241,48 @@ def glg_repo(repo_copy, tmp_path, monkeypatch, ntrex):
         out = (to_tgt if d == "en-tgt" else to_en).get(s, s)
         return out if len(out) % 3 else " ".join(out.split()[:3])
 
-    backends = {"apertium": FakeBackend("oracle", oracle), "base": FakeBackend("echo", lambda s, d: s)}
+    def half(s, d):  # LAFT stand-in: the reference for every other document, an echo elsewhere
+        return oracle(s, d) if (to_tgt | to_en).get(s, s)[:1] < "N" else s
+
+    backends = {"apertium": FakeBackend("oracle", oracle), "base": FakeBackend("echo", lambda s, d: s),
+                "laft": FakeBackend("half", half)}
     import stages.mt_errors as stage
 
     monkeypatch.setattr(stage, "build_systems", lambda pack, cfg: (backends, {"taco": "no adapter"}, "apertium"))
     # stand-in LID: an English source sentence is English, a Galician reference (or part of one) is not
     monkeypatch.setattr(stage, "default_lang_check",
                         lambda pack: lambda texts, lang: [(t in to_tgt) == (lang == "en") for t in texts])
-    params = (repo_copy / "params.yaml").read_text()
+    params = re.sub(r"(\nmt_errors:\n(?:  .*\n|\s*#.*\n)*?  max_sentences:) \w+", r"\1 12",
+                    (repo_copy / "params.yaml").read_text())
     if "\nmt_errors:" not in params:
         params = params.replace("\nprofiles:", "\nmt_errors:\n  max_sentences: 12\n  shots: 4\n  n_boot: 200\n"
                                 "  jsd_samples: 5\n  comet_checkpoint: null\n  comet_batch_size: 8\n"
                                 "  domain_corpora:\n    train_tgt: data/{pack}/train.jsonl#tgt\n"
                                 "    mono_train: data/{pack}/mono_train.txt\n\nprofiles:")
-        (repo_copy / "params.yaml").write_text(params)
+    (repo_copy / "params.yaml").write_text(params)
     return repo_copy
+
+
+def stats_verdicts():
+    from pipeline.stats import VERDICTS
+
+    return VERDICTS
+
+
+def test_sample_is_stratified_over_the_test_documents():
+    """The default profile's sample: 28 sentences over all 25 NTREX test documents, seeded, not a prefix."""
+    from pipeline.text import split_documents
+    from stages.mt_errors import sample_sentences
+
+    docs = read(ntrex_source("documents"))
+    split = split_documents(docs, test_docs=25, dev_docs=10, salt="ntrex_split_v1")
+    test = [{"doc": d, "line": i} for i, d in enumerate(docs) if split[d] == "test"]
+    cfg = {"max_sentences": 28, "seed": 0}
+    sample = sample_sentences(test, cfg)
+    assert len(sample) == 28 and len({r["doc"] for r in sample}) == 25
+    assert sample != test[:28] and sample == sample_sentences(test, cfg)
+    assert sample != sample_sentences(test, cfg | {"seed": 1})
+    assert len({r["doc"] for r in test[:28]}) <= 3  # what the old prefix covered
 
 
 def _sacrebleu_cli(*args) -> str:
@@ -241,25 +298,50 @@ def test_stage_outputs_and_cli_reproduction(glg_repo):
     res = glg_repo / "results" / "glg"
     rows = validate_rows(json.loads((res / "mt_errors.rows.json").read_text()), res / "mt_errors.rows.json")
     by = {r["metric"]: r for r in rows}
+    # 12 sentences stratified over the 12 documents, not the first 12 lines (4 documents)
+    assert {r["n"] for r in rows if r["metric"].startswith("chrf++")} == {12}
+    assert {r["n_docs"] for r in rows if r["metric"].startswith(("chrf++", "err."))} == {12}
     # the echo system copies the source: every sentence is an untranslated copy
     assert by["err.copy.en-xx.base"]["value"] == 1.0 and by["err.copy.xx-en.base"]["value"] == 1.0
-    assert by["err.truncated.en-xx.apertium"]["value"] > 0.1
-    assert by["chrf++.en-xx.base"]["delta"] < 0 and "p=" in by["chrf++.en-xx.base"]["note"]
-    assert by["chrf++.en-xx.apertium"]["baseline"] is None
+    assert by["err.copy.en-xx.base"]["ci_low"] > 0.7  # Wilson, not a zero-width percentile interval
+    assert by["err.truncated.en-xx.apertium"]["value"] > 0.05
+    # trivial baselines: copy-source is a row; Apertium must beat it; the rest face the stronger of the two
+    copy_row = by["chrf++.en-xx.copy-source"]
+    assert "trivial baseline" in copy_row["note"] and "nc:6|nw:2" in copy_row["note"]
+    assert by["chrf++.en-xx.copy-source"]["value"] == pytest.approx(by["chrf++.en-xx.base"]["value"])  # echo = copy
+    ap = by["chrf++.en-xx.apertium"]
+    assert ap["baseline_name"] == "copy-source" and ap["verdict"] == "better"
+    assert ap["baseline"] == pytest.approx(copy_row["value"])
+    base = by["chrf++.en-xx.base"]
+    assert base["baseline_name"] == "apertium" and base["verdict"] == "worse"
+    assert base["note"].startswith("does not beat apertium") and "nrefs:1" in base["note"]
+    assert base["delta_ci_low"] <= base["delta"] <= base["delta_ci_high"] < 0 and base["n_needed"] is not None
+    assert by["ter.en-xx.base"]["baseline_name"] == "apertium" and by["ter.en-xx.base"]["higher_is_better"] is False
+    laft = by["vs_base.chrf++.en-xx.laft"]
+    assert laft["baseline_name"] == "base" and laft["delta"] > 0 and laft["verdict"] in stats_verdicts()
+    assert by["vs_base.err.any.en-xx.laft"]["baseline_name"] == "base" and "vs_base.err.any.en-xx.base" not in by
     assert by["err.any.en-xx.human"]["value"] == 0.0 and "chrf++.en-xx.human" not in by  # detectors' floor
+    assert "err.copy.en-xx.copy-source" not in by
     assert by["comet.en-xx.base"]["value"] is None and "no COMET checkpoint" in by["comet.en-xx.base"]["note"]
     assert by["jsd.train_tgt"]["value"] > 0 and by["jsd.mono_train"]["value"] is None
     test_tgt = [json.loads(line)["tgt"] for line in (glg_repo / "data" / "glg" / "test.jsonl").open()]
     assert by["jsd.train_tgt"]["n"] == sum(M.unigrams(test_tgt).values())  # the whole test split, not max_sentences
+    # Khiu et al.: per document (12 >= 10) for the corpus whose system ran; TaCo did not run: no figure
+    corr = by["domain_r.train_tgt"]
+    assert corr["n"] == 12 and corr["ci_low"] <= corr["value"] <= corr["ci_high"] and "context" in corr["note"]
+    assert "domain_r.mono_train" not in by  # no corpus, no correlation
+    few = mt_errors.doc_similarity_row("glg", "train_tgt", test_tgt, [], [], {}, {"jsd_samples": 1})[0]
+    assert few["value"] is None and "not measured" in few["note"]
     tsv = (res / "mt_errors.sentences.tsv").read_text().splitlines()
     systems = {line.split("\t")[1] for line in tsv[1:]}
-    assert {"apertium", "base", "human"} <= systems  # plus any other available translator of the pack
+    assert {"apertium", "base", "laft", "human"} == systems
     sentences = {tuple(line.split("\t")[2:4]) for line in tsv[1:]}
-    assert 0 < len(sentences) <= 32  # max_sentences
+    assert len(sentences) == 12 and len({doc for doc, _ in sentences}) == 12
     assert len(tsv) == 1 + 2 * len(systems) * len(sentences)  # sentences x 2 directions x systems (incl. human)
     assert tsv[0].startswith("direction\tsystem")
     details = json.loads((res / "mt_errors.details.json").read_text())
     assert details["en-xx"]["base"]["examples"]["copy"] and details["skipped"] == {"taco": "no adapter"}
+    assert details["n_docs"] == 12 and details["test_docs"] == 12
     metrics = json.loads((res / "mt_errors.json").read_text())
     assert all(isinstance(v, (int, float)) for k, v in metrics.items() if k != "signature")
     # chrF++ of one system, recomputed by the sacrebleu command line on the written files: same digits
@@ -283,7 +365,8 @@ def test_stage_scores_comet_with_a_configured_checkpoint(glg_repo, tiny_comet, m
     stage.run("glg")
     rows = json.loads((glg_repo / "results" / "glg" / "mt_errors.rows.json").read_text())
     comet = [r for r in rows if r["metric"].startswith("comet.")]
-    assert [r["metric"] for r in comet] == ["comet.en-xx.apertium", "comet.xx-en.apertium"]
+    assert [r["metric"] for r in comet] == [f"comet.{d}.{s}" for d in ("en-xx", "xx-en")
+                                            for s in ("apertium", "copy-source")]  # the trivial baseline too
     assert all(math.isfinite(r["value"]) and r["ci_low"] <= r["ci_high"] for r in comet)
     assert all(M.COMET_NOT_COMPARABLE in r["note"] and "outside" not in r["note"] for r in comet)
     metrics = json.loads((glg_repo / "results" / "glg" / "mt_errors.json").read_text())

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.errors import PolyalignError
 from pipeline.mt_eval import COMET_NOT_COMPARABLE, ERROR_TYPES
-from pipeline.report import row, write_stage
+from pipeline.report import SHARED, comparison, row, write_stage
 
 LANGS, CULTURES = ["nya", "npi", "glg"], ["gr", "mx", "kr"]
 
@@ -62,9 +62,29 @@ def make_repo(root: Path) -> Path:
     for pack in CULTURES:
         kl = rng.uniform(0.1, 0.5)
         write_stage(pack, "culture_eval", {}, [row(pack, "culture", "culture_eval", "wvs_kl", kl - 0.05,
-                                                   ci=(kl - 0.1, kl), baseline=kl, n=50, higher_is_better=False)],
-                    "sig")
+                                                   ci=(kl - 0.1, kl), baseline=kl, n=50, higher_is_better=False)]
+                    + _culture_comparisons(pack), "sig")
+    write_stage(SHARED, "rm_train", {}, _rm_rows(), "sig")
     return root
+
+
+def _culture_comparisons(pack: str) -> list[dict]:
+    """The tuned model's JSD against uniform (0.116) and the training prior (0.079): as on the default run,
+    the prior is the strongest trivial baseline and the model (0.122) does not beat it."""
+    kw = dict(n=40, n_docs=9, mde=0.02, higher_is_better=False)
+    return [comparison(pack, "culture", "culture_eval", f"jsd_sft_vs_{b}", 0.122, v, delta_ci=(0.122 - v, lo, hi),
+                       baseline_name=b, **kw)
+            for b, v, lo, hi in (("uniform", 0.116, -0.004, 0.016), ("prior", 0.079, 0.02, 0.066),
+                                 ("base", 0.2, -0.2, 0.044))]
+
+
+def _rm_rows() -> list[dict]:
+    """rm_train's held-out accuracy against chance (better) and length (underpowered) under _shared."""
+    kw = dict(n=48, ci=(0.56, 0.82), mde=0.05)
+    return [comparison(SHARED, "language", "rm_train", "heldout_accuracy_en", 0.70, 0.5,
+                       delta_ci=(0.2, 0.07, 0.33), baseline_name="chance", **kw),
+            comparison(SHARED, "language", "rm_train", "heldout_accuracy_en_vs_length", 0.70, 0.62,
+                       delta_ci=(0.08, -0.06, 0.22), baseline_name="length", **kw)]
 
 
 @pytest.fixture
@@ -92,7 +112,7 @@ def built_repo(built, monkeypatch):
 def _build(repo: Path) -> None:
     from stages import compare, scorecard
 
-    for pack in LANGS + CULTURES:
+    for pack in LANGS + CULTURES + [SHARED]:
         scorecard.run(pack)
     compare.run()
 
@@ -106,6 +126,34 @@ def test_scorecard_gathers_and_validates(repo):
     assert rows == gather("nya")
     assert all(set(r) - {"note"} == {"pack", "kind", "stage", "metric", "value", "ci_low", "ci_high", "baseline",
                                      "delta", "n", "higher_is_better"} for r in rows)
+
+
+def test_shared_stages_are_gathered_and_joined(built_repo):
+    """rm_train / maft / culture_sft_all rows (pack _shared) reach reports/scorecard.json and the report."""
+    from pipeline.scorecard import pack_scorecard_path
+
+    shared = json.loads(pack_scorecard_path(SHARED).read_text())
+    assert [r["metric"] for r in shared] == ["heldout_accuracy_en", "heldout_accuracy_en_vs_length"]
+    joined = json.loads((built_repo / "reports" / "scorecard.json").read_text())
+    assert [r for r in joined if r["pack"] == SHARED] == shared
+    assert "## rm_train (language)" in (built_repo / "reports" / "scorecard.md").read_text()
+
+
+def test_shared_scorecard_refuses_a_pack_row(repo):
+    from stages.scorecard import run
+
+    (repo / "results" / SHARED / "x.rows.json").write_text(json.dumps([row("nya", "language", "x", "m", 1.0)]))
+    with pytest.raises(PolyalignError, match=r"x\.rows\.json: \[0\]\.pack: 'nya'"):
+        run(SHARED)
+
+
+def test_compare_names_the_missing_shared_scorecard(repo):
+    from stages import compare, scorecard
+
+    for pack in LANGS + CULTURES:
+        scorecard.run(pack)
+    with pytest.raises(PolyalignError, match=r"scorecard_shared"):
+        compare.run()
 
 
 @pytest.mark.parametrize("bad, field", [
@@ -142,7 +190,7 @@ def test_compare_writes_the_three_reports(built_repo):
 
     out = built_repo / "reports"
     rows = validate_rows(json.loads((out / "scorecard.json").read_text()), out / "scorecard.json")
-    assert {r["pack"] for r in rows} == set(LANGS + CULTURES)
+    assert {r["pack"] for r in rows} == set(LANGS + CULTURES + [SHARED])
     comet = [r for r in rows if r["metric"].startswith("comet")]
     assert comet and all(COMET_NOT_COMPARABLE in r["note"] and "skipped" in r["note"] for r in comet)
     md = (out / "scorecard.md").read_text()
@@ -150,6 +198,13 @@ def test_compare_writes_the_three_reports(built_repo):
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 5  # deltas, errors, scatter, one per stage
     corr = json.loads((out / "domain_similarity.json").read_text())
+    assert "culture_eval · jsd_sft: does not beat the prior baseline (worse; Δ +0.043 [0.02, 0.066] vs prior)" \
+        in md   # the prior (0.079) is stronger than uniform (0.116) and base (0.2)
+    assert "_shared · rm_train · heldout_accuracy_en: beats the length baseline" not in md
+    assert "_shared · rm_train · heldout_accuracy_en: does not beat the length baseline (underpowered: n = 48, " \
+        "about 377 needed" in md   # length (0.62) is stronger than chance (0.5)
+    assert "## Too small to decide" in md and "gr · culture_eval · jsd_sft_vs_base vs base: n = 40 (9 documents), " \
+        "about 1489 needed" in md
     assert {c["n"] for c in corr} == {3} and all(-1 <= c["pearson"] <= 1 for c in corr)
 
 
@@ -161,7 +216,7 @@ def test_compare_names_the_missing_scorecard(repo):
 
 
 def test_compare_cli_filters(built_repo, capsys, monkeypatch):
-    from stages.compare import compare_cli
+    from pipeline.scorecard import compare_cli
 
     monkeypatch.setenv("COLUMNS", "200")
     shown = compare_cli(pack="glg,nya", stage="mt_errors", metric="chrf++.en-xx")
@@ -193,12 +248,13 @@ def test_html_renders_with_plots_in_headless_chromium(built_repo, tmp_path):
     shot = tmp_path / "shot.png"
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
-           "--hide-scrollbars", "--window-size=1400,2200", f"--screenshot={shot}", page.as_uri()]
+           "--hide-scrollbars", "--window-size=1400,4000", f"--screenshot={shot}", page.as_uri()]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
     assert shot.exists()
-    # measured on this report: 3.9% of the 1400x2200 screenshot is coloured with the plots; 0.0% when the
-    # same page is rendered with its <img> tags removed (text, tables and footnotes are grey-scale)
-    assert coloured_pixels(shot) > 0.01
+    # measured on this report (verdict summary on top; only better/worse bars coloured, the rest grey):
+    # 1.5% of the 1400x4000 screenshot is clearly coloured with the plots (0.5% in the first 2200 px),
+    # 0.0% when the same page is rendered with its <img> tags removed (the summary's tints are pale)
+    assert coloured_pixels(shot) > 0.007
     if os.environ.get("POLYALIGN_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["POLYALIGN_KEEP_SCREENSHOT"])
 
@@ -220,3 +276,15 @@ def test_delta_chart_shows_method_deltas_only():
             row("nya", "language", "mt_errors", "err.copy.en-xx.base", 0.1, baseline=0.0),
             row("nya", "language", "laft_eval", "bpb_target.base", 3.1)]
     assert [r["metric"] for r in method_deltas(rows)] == ["bpb_target.laft"]
+
+
+def test_only_supported_verdicts_are_coloured_and_cells_say_n_needed():
+    from pipeline.html_report import _html_table, cell, strongest_baseline_rows
+
+    rows = _culture_comparisons("gr") + _rm_rows()
+    page = _html_table([r for r in rows if r["pack"] == "gr"])
+    assert page.count('class="worse"') == 1 and page.count('class="muted"') == 2 and 'class="better"' not in page
+    assert cell(rows[2]) == "0.122 · Δ -0.078 [-0.2, 0.044] vs base · underpowered · n = 40 (9 documents), " \
+                            "about 1489 needed"
+    strongest = strongest_baseline_rows(rows)
+    assert [(r["pack"], r["baseline_name"]) for r in strongest] == [("gr", "prior"), (SHARED, "length")]

@@ -186,6 +186,52 @@ def test_standardise_by_within_prompt_spread():
     assert rm.standardise(np.array([0.0]), np.array([[2.0, 2.0]])).tolist() == [0.0]
 
 
+def test_best_of_n_is_judged_by_the_other_rm():
+    """The picker's own reward of its pick is >= 0 by construction; the other RM can say it is worse
+    than a random pick of the same samples (issue 13.2)."""
+    picker = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    judge = np.array([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+    picks = rm.best_of_n(picker)
+    assert (rm.judged_gain(picker, picks) > 0).all()  # self-judged: always a gain
+    judged = rm.judged_gain(judge, picks)
+    assert judged[0] < 0 and judged[1] == 0.0  # the judge disagrees / is indifferent
+    assert rm.chance(3).tolist() == [0.5, 0.5, 0.5]
+
+
+def test_translate_train_settings_match_the_source_steps_and_lr():
+    from stages.rm_transfer import tt_settings
+
+    train_cfg = {"train": {"lr": 1.0, "batch_size": 8, "max_steps": 0, "epochs": 1}}
+    src = {"steps": 56, "lr": 0.0003, "pairs": 448}
+    s = tt_settings(train_cfg, {"seed": 0, "train": {}}, src)
+    assert s["max_steps"] == 56 and s["lr"] == 0.0003 and s["batch_size"] == 8
+    with pytest.raises(ValueError):
+        rm.matched_steps({}, 0)
+
+
+def test_learning_rate_is_chosen_on_dev_not_test():
+    from stages.rm_train import choose_on_dev, learning_rates
+
+    runs = [{"lr": 3e-4, "dev_accuracy": 0.55, "test": 0.70}, {"lr": 1e-3, "dev_accuracy": 0.60, "test": 0.50},
+            {"lr": 3e-3, "dev_accuracy": 0.60, "test": 0.90}]
+    assert choose_on_dev(runs)["lr"] == 1e-3  # best dev; ties go to the first listed; test never looks
+    assert learning_rates({"lrs": None, "train": {"lr": 2e-4}}) == [2e-4]
+
+
+def test_length_baseline_direction_chosen_on_dev():
+    dev = [{"chosen": "a" * 10, "rejected": "a" * 20}] * 3 + [{"chosen": "a" * 20, "rejected": "a"}]
+    assert rm.length_direction(dev) == -1  # shorter wins 3 of 4 on dev
+    test = [{"chosen": "aa", "rejected": "aaaa"}, {"chosen": "aaaa", "rejected": "aa"}]
+    assert rm.length_correct(test, -1).tolist() == [1.0, 0.0]
+
+
+def test_curve_summary_reads_the_trainer_curve(tmp_path):
+    path = tmp_path / "curve.tsv"
+    path.write_text("step\ttokens\tloss\n" + "".join(f"{i}\t{i * 10}\t{1.0 - i / 10}\n" for i in range(1, 11)))
+    summary = rm.curve_summary(rm.read_curve(path), k=5)
+    assert summary == {"loss_first": pytest.approx(0.7), "loss_last": pytest.approx(0.2), "steps": 10}
+
+
 def test_last_human():
     assert rm.last_human([["Human", "a"], ["Assistant", "b"], ["Human", "c"]]) == "c"
 
@@ -248,6 +294,13 @@ def test_rm_train_then_transfer_write_models_and_rows(rm_repo):
     assert not (ids[0] & ids[2]) and sum(map(len, ids)) > 2000
     shared = pio.read_json(rm_repo / "results" / "_shared" / "rm_train.json")
     assert shared["en_test_pairs"] == 16 and 0 <= shared["en_accuracy"] <= 1 and "signature" in shared
+    assert {"en_dev_accuracy_lr_0.0003", "en_dev_accuracy_lr_0.001", "en_train_accuracy", "en_loss_last"} <= set(shared)
+    assert shared["en_dev_accuracy"] == max(shared["en_dev_accuracy_lr_0.0003"], shared["en_dev_accuracy_lr_0.001"])
+    src_rows = {r["metric"]: r for r in pio.read_json(rm_repo / "results" / "_shared" / "rm_train.rows.json")}
+    assert src_rows["heldout_accuracy_en"]["baseline_name"] == "chance" and src_rows["heldout_accuracy_en"]["pack"] == "_shared"
+    assert src_rows["heldout_accuracy_en_vs_length"]["baseline_name"] == "length"
+    assert src_rows["heldout_accuracy_en"]["verdict"] is not None and "train_accuracy_en" in src_rows
+    assert (rm_repo / "results" / "_shared" / "rm_train_curve.tsv").read_text().startswith("source\tstep\tloss\n")
 
     rm_transfer.run("glg")
     rows = {r["metric"]: r for r in pio.read_json(rm_repo / "results" / "glg" / "rm_transfer.rows.json")}
@@ -257,11 +310,20 @@ def test_rm_train_then_transfer_write_models_and_rows(rm_repo):
         assert r["value"] is not None and r["pack"] == "glg" and r["kind"] == "language", metric
     assert rows["zero_shot_accuracy"]["baseline"] == rows["source_accuracy"]["value"]
     assert rows["bon_agreement_tt"]["baseline"] == pytest.approx(0.5)  # chance with n=2
+    for metric in ("bon_gain_judged_by_tt", "bon_gain_tt_judged_by_source"):
+        assert rows[metric]["baseline_name"] == "random pick" and rows[metric]["mde"] == 0.1
+    for metric in ("zero_shot_accuracy_vs_chance", "translate_train_accuracy_vs_length"):
+        assert rows[metric]["verdict"] is not None, metric
+    assert "baseline_name" not in rows["bon_reward_gain"]  # self-judged: context only
     assert rows["wrong_language_preference"]["higher_is_better"] is False
     samples = pio.read_jsonl(rm_repo / "data" / "glg" / "rm_transfer" / "bon_samples.jsonl")
     assert len(samples) == rows["bon_reward_gain"]["n"] and all(len(s["samples"]) == 2 for s in samples)
     metrics = pio.read_json(rm_repo / "results" / "glg" / "rm_transfer.json")
     assert metrics["eval_pairs"] + metrics["eval_dropped"] == 6
+    # matched compute: the translate-train RM makes the source RM's steps on as many pairs as translated
+    assert metrics["tt_train_steps"] == metrics["src_steps"] == shared["en_train_steps"]
+    assert metrics["tt_pairs"] + metrics["tt_dropped"] == shared["en_train_pairs"] == 16
+    assert (rm_repo / "results" / "glg" / "rm_transfer_tt_curve.tsv").read_text().startswith("step\ttokens\tloss")
 
 
 def test_translator_gate_follows_taco_datas_measurement(repo_copy):

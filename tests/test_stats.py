@@ -60,3 +60,20 @@ def test_cluster_interval_is_wider_than_iid_when_documents_are_correlated():
     _, lo_c, hi_c = stats.cluster_bootstrap_ci(x, docs)
     _, lo_i, hi_i = stats.cluster_bootstrap_ci(x, None)
     assert hi_c - lo_c > 2 * (hi_i - lo_i)
+
+
+def test_system_rows_pair_every_system_with_the_baseline():
+    from pipeline.report import system_rows, validate_rows
+
+    rng = np.random.default_rng(0)
+    docs = np.repeat(np.arange(10), 4)
+    base = rng.normal(2.0, 0.3, 40)
+    scores = {"base": base, "laft": base - 0.3 + rng.normal(0, 0.05, 40), "maft": base + rng.normal(0, 0.05, 40)}
+    nbytes = {s: np.full(40, 100.0) for s in scores}
+    rows = system_rows("nya", "language", "laft_eval", "bpb", {k: v * 100 for k, v in scores.items()}, den=nbytes,
+                       clusters=docs, higher_is_better=False, mde=0.02)
+    assert validate_rows(rows, "x") == rows
+    assert [r["metric"] for r in rows] == ["bpb.base", "bpb.laft", "bpb.maft"]
+    assert "verdict" not in rows[0] and rows[0]["ci_low"] < rows[0]["value"] < rows[0]["ci_high"]
+    assert rows[1]["verdict"] == "better" and rows[1]["delta"] == pytest.approx(-0.3, abs=0.05)
+    assert rows[2]["verdict"] == "no difference shown" and rows[2]["n_docs"] == 10 and rows[2]["baseline_name"] == "base"

@@ -10,6 +10,7 @@ from pipeline import io
 from pipeline.errors import PolyalignError
 from pipeline.packs import Template, load_language
 from pipeline.translate import FORWARD, Translator
+from pipeline import taco as pt
 from stages import taco_data as td
 
 CFG = {"split_salt": "taco_split_v1", "heldout_fraction": 0.25, "max_chars": 2000, "max_instructions": 16,
@@ -37,20 +38,20 @@ def glg():
 
 def test_render_fills_and_refuses_missing_placeholder():
     t = Template(id="x_v1", text="Instruction: {instruction}\nResponse:")
-    assert td.render(t, instruction="Fai isto") == "Instruction: Fai isto\nResponse:"
+    assert pt.render(t, instruction="Fai isto") == "Instruction: Fai isto\nResponse:"
     with pytest.raises(PolyalignError, match="x_v1"):
-        td.render(t, other="x")
+        pt.render(t, other="x")
 
 
 def test_taco_target_has_three_parts_in_order(glg):
     s = {"instruction": "Escribe un poema.", "instruction_en": "Write a poem.", "response_en": "Roses are red.",
          "response": "As rosas son vermellas."}
-    ex = td.taco_example(td.templates_of(glg), glg, s)
+    ex = pt.taco_example(pt.templates_of(glg), glg, s)
     assert ex["prompt"].startswith("Instruction: Escribe un poema.\nRespond in Galician.")
     r = ex["response"]
     assert r.index("Instruction in English: Write a poem.") < r.index("Response in English: Roses are red.") \
         < r.index("Response in Galician: As rosas son vermellas.")
-    plain = td.plain_example(td.templates_of(glg), glg, s)
+    plain = pt.plain_example(pt.templates_of(glg), glg, s)
     assert plain == {"prompt": "Instruction: Escribe un poema.\nResponse:", "response": " As rosas son vermellas."}
 
 
@@ -139,20 +140,69 @@ from stages import taco_sft as ts  # noqa: E402
 
 
 def test_markers_follow_the_template(glg):
-    assert te.markers(glg) == ("Instruction in English:", "Response in English:", "Response in Galician:")
+    assert pt.markers(glg) == ("Instruction in English:", "Response in English:", "Response in Galician:")
 
 
 def test_parse_taco_full_partial_and_runaway(glg):
-    marks = te.markers(glg)
+    marks = pt.markers(glg)
     out = ("Instruction in English: Write a poem.\nResponse in English: Roses.\nResponse in Galician: Rosas.\n"
            "Instruction: next example")
-    p = te.parse_taco(out, marks)
+    p = pt.parse_taco(out, marks)
     assert p == {"instruction_en": "Write a poem.", "response_en": "Roses.", "answer": "Rosas.", "format_ok": True}
-    partial = te.parse_taco("Instruction in English: Hi\nsome text", marks)
-    assert not partial["format_ok"] and partial["instruction_en"] == "Hi\nsome text"
-    assert partial["answer"].startswith("Instruction in English: Hi")  # what the user would read
-    assert not te.parse_taco("Response in Galician:   ", marks)["format_ok"]  # empty answer
-    assert te.parse_plain(" Ola.\n\nInstruction: more")["answer"] == "Ola."
+    assert not pt.parse_taco("Response in Galician:   ", marks)["format_ok"]  # empty answer
+    assert pt.parse_plain(" Ola.\n\nInstruction: more")["answer"] == "Ola."
+
+
+def test_missing_final_label_is_a_format_failure_with_an_empty_answer(glg):
+    """A chain cut off before the target-language label has no answer: chrF must not score the
+    English half (issue 13.1), so the answer is empty and the format failed."""
+    marks = pt.markers(glg)
+    partial = pt.parse_taco("Instruction in English: Hi\nResponse in English: Hello there, friend", marks)
+    assert partial == {"instruction_en": "Hi", "response_en": "Hello there, friend", "answer": "", "format_ok": False}
+    assert pt.parse_taco("Ola, que tal?", marks)["answer"] == ""  # no labels at all
+    items = [{"instruction_en": "Hi", "reference": "Ola, amigo"}]
+    scores = te.item_scores(items, [partial], [True], "taco")
+    assert scores["answer_chrf"] == [0.0] and scores["format_adherence"] == [0.0]
+    assert scores["language_fidelity"] == [0.0] and scores["answer_chars"] == [0.0]
+
+
+def test_budget_from_target_lengths():
+    lengths = list(range(1, 101))  # p95 = 95.05
+    assert pt.budget_from_lengths(lengths, quantile=95, margin=0.1, cap=10_000) == 105
+    assert pt.budget_from_lengths(lengths, quantile=95, margin=0.1, cap=64) == 64  # the context caps it
+    assert pt.budget_from_lengths([], quantile=95, margin=0.1, cap=64, floor=8) == 8
+    summary = pt.length_summary([10, 20, 30, 40])
+    assert summary["median"] == 25 and summary["max"] == 40 and summary["n"] == 4
+
+
+def test_decoding_budget_is_measured_from_the_training_targets(monkeypatch):
+    class Tok:  # one token per word
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    monkeypatch.setattr("pipeline.models.load_tokenizer", lambda base: Tok())
+    monkeypatch.setattr(te, "context_length", lambda base: 200)
+    train = [{"taco": {"response": " ".join(["w"] * n)}} for n in range(10, 110)]  # 11..110 tokens with EOS
+    cfg = {"eval": {"max_new_tokens": "auto", "budget": {"quantile": 95, "margin": 0.0, "max": None, "fallback": 7}}}
+    info = te.decoding_budget("m", train, [], ["a b c"], cfg)
+    assert info["source"] == "train" and info["budget"] == 106 and info["cap"] == 196  # 200 - prompt (3 tokens + start)
+    assert info["target_tokens_train_p95"] == pytest.approx(105.05) and info["target_tokens_heldout_n"] == 0
+    assert te.decoding_budget("m", [], [], ["a"], cfg)["budget"] == 7  # no targets: the declared fallback
+    cfg["eval"]["budget"]["max"] = 50
+    assert te.decoding_budget("m", train, [], ["a"], cfg)["budget"] == 50
+    assert te.decoding_budget("m", train, [], ["a"], {"eval": {"max_new_tokens": 12}})["source"] == "fixed"
+
+
+def test_staged_schedule_plain_first_then_taco_same_total_steps():
+    samples = [{"plain": f"p{i}", "taco": f"t{i}"} for i in range(3)]
+    examples, first = ts.staged_examples(samples, steps=4, batch_size=2, fraction=0.5)
+    assert first == 2 and examples == ["p0", "p1", "p2", "p0", "t0", "t1", "t2", "t0"]
+    cfg = {"schedule": "staged", "staged_fraction": 0.25, "sft": {"max_steps": 4, "batch_size": 2}}
+    ex, settings, first = ts.taco_run(samples, cfg)
+    assert first == 1 and settings["max_steps"] == 4 and settings["order"] == "given" and len(ex) == 8
+    assert ts.taco_run(samples, {"sft": {"max_steps": 4}})[0] == ["t0", "t1", "t2"]  # taco_only
+    with pytest.raises(PolyalignError, match="taco.schedule"):
+        ts.taco_run(samples, {"schedule": "mixed", "sft": {}})
 
 
 def test_prompt_pairs_vicuna_and_spreadsheet():
@@ -162,20 +212,34 @@ def test_prompt_pairs_vicuna_and_spreadsheet():
     assert te.prompt_pairs(sheet) == [("1", "कसरी?")]
 
 
-def test_eval_rows_baseline_notes_and_judge_skip():
+def test_eval_rows_compare_with_base_and_plain(repo_copy):
     scores = {"base": {"language_fidelity": [0.0, 1.0], "format_adherence": [0.0, 0.0],
-                       "english_rendering_chrf": [], "answer_chrf": [10.0, 20.0], "judge_score": None},
+                       "english_rendering_chrf": [], "answer_chrf": [10.0, 20.0], "answer_chars": [5.0, 7.0],
+                       "judge_score": None},
               "taco": {"language_fidelity": [1.0, 1.0], "format_adherence": [1.0, 0.0],
-                       "english_rendering_chrf": [], "answer_chrf": [30.0, 40.0], "judge_score": None}}
-    rows, flat = te.rows_for("glg", scores, {"plain": "reason X"}, "taco_heldout", False, None)
+                       "english_rendering_chrf": [], "answer_chrf": [30.0, 40.0], "answer_chars": [9.0, 9.0],
+                       "judge_score": None}}
+    rows, flat = te.rows_for("glg", scores, {"plain": "reason X"}, "taco_heldout", False, None, steps=24)
     by = {r["metric"]: r for r in rows}
     assert len(rows) == len(te.METRICS) * len(te.SYSTEMS)
-    assert by["answer_chrf_taco"]["value"] == 35 and by["answer_chrf_taco"]["baseline"] == 15
-    assert by["answer_chrf_taco"]["delta"] == 20 and by["answer_chrf_base"]["baseline"] is None
+    chrf_row = by["answer_chrf_taco"]
+    assert chrf_row["value"] == 35 and chrf_row["baseline"] == 15 and chrf_row["baseline_name"] == "base"
+    assert chrf_row["delta"] == 20 and chrf_row["verdict"] in ("better", "underpowered") and chrf_row["mde"] == 2.0
+    fmt = by["format_adherence_taco"]
+    assert fmt["mde"] == 0.1 and 0 < fmt["ci_low"] < 0.5 < fmt["ci_high"] < 1  # Wilson on 1 of 2
+    assert "did not learn" not in (fmt.get("note") or "")  # upper bound 0.91: not ruled out
+    assert by["answer_chrf_base"]["baseline"] is None
+    assert "baseline_name" not in by["answer_chars_taco"]  # context, not a claim
     assert by["language_fidelity_plain"]["value"] is None and "reason X" in by["language_fidelity_plain"]["note"]
     assert by["judge_score_taco"]["note"].startswith("skipped: no judge model configured")
     assert "no English originals" in by["english_rendering_chrf_taco"]["note"]
     assert flat["answer_chrf_taco_delta"] == 20
+
+
+def test_format_not_learned_is_said_measured():
+    note = te.format_note([0.0] * 12, steps=24)
+    assert "did not learn the TaCo format: 0 of 12" in note and "24 training steps" in note
+    assert te.format_note([1.0] * 6 + [0.0] * 6, steps=24) is None
 
 
 def test_sft_and_eval_record_reason_when_data_unusable(glg, repo_copy):
