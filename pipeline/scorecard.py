@@ -10,13 +10,15 @@ reports/scorecard.json, scorecard.md and index.html.
 
 from __future__ import annotations
 
+import math
+
 import fnmatch
 from pathlib import Path
 
 from pipeline import io
 from pipeline.config import enabled
 from pipeline.errors import PolyalignError
-from pipeline.mt_eval import COMET_NOT_COMPARABLE, pearson, spearman
+from pipeline.mt_eval import COMET_NOT_COMPARABLE, pooled_correlation
 from pipeline.paths import repo_root, results_dir
 from pipeline.report import SHARED, validate_rows
 
@@ -88,17 +90,19 @@ def with_comet_note(r: dict) -> dict:
 
 
 def domain_correlations(rows: list[dict]) -> list[dict]:
-    """Pearson and Spearman of JSD(corpus, test) vs chrF++ en→xx across packs, per corpus and system."""
-    from pipeline.html_report import domain_points
-
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for pt in domain_points(rows):
-        groups.setdefault((pt["corpus"], pt["system"]), []).append(pt)
+    """Per corpus, the packs' per-document correlations (mt_errors `domain_r.<corpus>` rows: JSD of
+    the corpus to each test document vs the trained system's chrF++ gain there, Khiu et al.) pooled
+    by Fisher z, with an interval. A correlation across a handful of packs is never computed: with
+    3 packs it has no interval worth the name, and packs differ in more than their corpora."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["stage"] == "mt_errors" and r["metric"].startswith("domain_r.") and r["value"] is not None:
+            groups.setdefault(r["metric"].removeprefix("domain_r."), []).append(r)
     out = []
-    for (corpus, system), pts in sorted(groups.items()):
-        x, y = [p["jsd"] for p in pts], [p["chrf"] for p in pts]
-        out.append({"corpus": corpus, "system": system, "n": len(pts), "packs": [p["pack"] for p in pts],
-                    "pearson": pearson(x, y), "spearman": spearman(x, y)})
+    for corpus, parts in sorted(groups.items()):
+        pooled = pooled_correlation([_fisher_part(r["value"], r["n"]) for r in parts])
+        out.append({"corpus": corpus, "packs": [r["pack"] for r in parts], "n": pooled["n"],
+                    "r": pooled["r"], "ci_low": pooled["ci_low"], "ci_high": pooled["ci_high"]})
     return out
 
 
@@ -110,6 +114,11 @@ def gains(rows: list[dict]) -> list[dict]:
     return [{"comparison": f"{r['pack']} / {r['stage']} / {r['metric']}", "pack": r["pack"], "stage": r["stage"],
              "metric": r["metric"], "gain": r["delta"] if r["higher_is_better"] else -r["delta"],
              "verdict": r.get("verdict")} for r in method_deltas(rows)]
+
+
+def _fisher_part(r: float, n: int) -> dict:
+    """One pack's correlation as pooled_correlation takes it (Fisher z and its standard error)."""
+    return {"z": math.atanh(max(min(r, 0.999999), -0.999999)), "se": 1 / math.sqrt(n - 3), "n": n}
 
 
 def write_reports() -> None:

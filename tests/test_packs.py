@@ -121,8 +121,8 @@ MALFORMED = [
     # (name, file, old text, new text, substrings the one line must hold)
     ("duplicate-key", "languages/glg.yaml", "name: Galician\n", "name: Galician\nscript: Latn\n",
      ["script (line", "duplicate key 'script'", "keep one"]),
-    ("duplicate-nested-key", "languages/glg.yaml", "  label: gl\n", "  label: gl\n  label: glg\n",
-     ["duplicate key 'label'"]),
+    ("duplicate-nested-key", "languages/glg.yaml", "  model: auto\n", "  model: auto\n  model: cld3\n",
+     ["duplicate key 'model'"]),
     ("not-utf8", "languages/glg.yaml", "autonym: galego", b"autonym: gal\xe9go",
      ["line 8", "not UTF-8", "save the file as UTF-8"]),
     ("sha256-all-zeros-unquoted", "languages/glg.yaml", GLG_SHA, "0" * 64,
