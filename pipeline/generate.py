@@ -176,6 +176,13 @@ def _shared_prefix(model, seqs: list[list[int]], budget: int) -> int:
     return shared
 
 
+def _keep_last(model) -> dict:
+    """logits_to_keep=1 where the model's forward takes it (BLOOM's refuses unknown arguments)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], table: "_LineEnd | None",
             pad: int) -> list[list[int]]:
     """Greedy decoding of a batch of prompts (token ids) that drops each row from the batch (and
@@ -198,11 +205,12 @@ def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
     left = torch.tensor([budgets[i] for i in alive.tolist()])
     device = _device(model)
     cache = DynamicCache(config=model.config)
+    keep = _keep_last(model)
     shared = _shared_prefix(model, seqs, int(left.max()))
     if shared:
         positions = torch.arange(shared, device=device)
         model(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
-              position_ids=positions[None], cache_position=positions, use_cache=True, logits_to_keep=1)
+              position_ids=positions[None], cache_position=positions, use_cache=True, **keep)
         cache.batch_repeat_interleave(len(seqs))
     ids, mask = _left_pad([s[shared:] for s in seqs], pad)
     ids, mask = ids.to(device), mask.to(device)
@@ -213,7 +221,7 @@ def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
     seen = torch.zeros(len(alive), dtype=torch.bool)
     while True:
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                       cache_position=cache_position, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+                       cache_position=cache_position, use_cache=True, **keep).logits[:, -1, :]
         nxt = logits.argmax(-1)
         for row, t in zip(alive.tolist(), nxt.tolist()):
             out[row].append(t)

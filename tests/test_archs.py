@@ -1,0 +1,125 @@
+"""Every causal-LM family through the project's loss, scorer, training loop and greedy decoder.
+
+Tiny random configs built locally (no hub), saved as local model folders with the tiny-random
+tokenizer, loaded through models.load_model. Each family is checked against its own
+transformers forward (`model(ids, labels=...)`, logits) and `model.generate`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import transformers as T
+
+from pipeline import models
+from pipeline.generate import _encode_prompt, _eos_ids, _trim, generate_ids, sum_logprobs
+from pipeline.train import IGNORE, CausalLMLoss, lm_parts, packing_honoured, train_causal_lm
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+# (config class, size keys) per family; `packs`: honours restarting position ids in a packed row
+FAMILIES = {
+    "gemma3": (T.Gemma3TextConfig, dict(SMALL, num_key_value_heads=2, head_dim=8, sliding_window=16), True),
+    "llama": (T.LlamaConfig, dict(SMALL, num_key_value_heads=2), True),
+    "qwen2": (T.Qwen2Config, dict(SMALL, num_key_value_heads=2), True),
+    "mistral": (T.MistralConfig, dict(SMALL, num_key_value_heads=2), True),
+    "phi3": (T.Phi3Config, dict(SMALL, num_key_value_heads=2), True),
+    "gpt2": (T.GPT2Config, dict(n_embd=32, n_layer=2, n_head=4, n_positions=256), True),
+    "bloom": (T.BloomConfig, dict(hidden_size=32, n_layer=2, n_head=4), False),
+    "gpt_neox": (T.GPTNeoXConfig, SMALL, True),
+    "xglm": (T.XGLMConfig, dict(d_model=32, num_layers=2, attention_heads=4, ffn_dim=64,
+                                max_position_embeddings=256), False),
+}
+TRAIN = dict(max_steps=1, batch_size=2, max_len=32, target_modules="auto", progress=False, checkpoint_every=0,
+             mixed_precision="no", lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return models.load_tokenizer("tiny-random")
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request, tok, tmp_path_factory, one_thread):
+    """(name, local folder, model, tokenizer) of one family, random weights, fp32."""
+    cls, size, packs = FAMILIES[request.param]
+    config = cls(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                 pad_token_id=tok.pad_token_id, **size)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp(request.param)
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    model, tok2 = models.load_model(str(folder), dtype=torch.float32)  # load_model runs check_lm_parts
+    return request.param, folder, model, tok2, packs
+
+
+def _batch(V: int):
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, V, (2, 12), generator=gen)
+    labels = ids.clone()
+    labels[:, :4] = IGNORE  # a prompt: unscored
+    return ids, labels
+
+
+def test_loss_matches_model_forward(family):
+    name, _, model, tok, _ = family
+    ids, labels = _batch(len(tok))
+    with torch.no_grad():
+        ours, n = CausalLMLoss(model, chunk=5)(ids, labels)
+        theirs = model(input_ids=ids, labels=labels).loss
+    assert int(n) == 2 * 8 and math.isclose(float(ours), float(theirs), rel_tol=1e-4), name
+
+
+def test_loss_matches_under_lora(family):
+    from peft import LoraConfig, get_peft_model
+
+    name, _, model, tok, _ = family
+    peft = get_peft_model(model, LoraConfig(r=2, task_type="CAUSAL_LM", init_lora_weights=False,
+                                            target_modules="all-linear"))
+    try:
+        ids, labels = _batch(len(tok))
+        assert lm_parts(peft)[0] is not peft.get_base_model()
+        with torch.no_grad():
+            ours, _ = CausalLMLoss(peft, chunk=64)(ids, labels)
+            theirs = peft(input_ids=ids, labels=labels).loss
+        assert math.isclose(float(ours), float(theirs), rel_tol=1e-4), name
+    finally:
+        peft.unload()  # the module-scoped model stays plain for the other tests
+
+
+def test_scoring_matches_model_logits(family):
+    name, _, model, tok, _ = family
+    ctx, tgt = [tok.bos_token_id, 5, 6, 7], [8, 9, 10]
+    got = sum_logprobs(model, [(ctx, tgt), (ctx[:2], tgt + [11, 12])], batch_size=2)
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([ctx + tgt])).logits.float().log_softmax(-1)[0]
+    want = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(tgt))
+    assert math.isclose(got[0], want, rel_tol=1e-4), name
+
+
+def test_greedy_matches_generate(family):
+    name, _, model, tok, _ = family
+    prompts = ["Moni, muli bwanji?", "The president met the minister in Kathmandu on Tuesday"]
+    ours = generate_ids(model, tok, prompts, max_new_tokens=6, batch_size=2)
+    stop = _eos_ids(model, tok)
+    for prompt, row in zip(prompts, ours):
+        ids = torch.tensor([_encode_prompt(tok, prompt)])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        assert row[0] == _trim(out[0, ids.shape[1]:].tolist(), stop), name
+
+
+def test_packing_detected(family):
+    name, _, model, _, packs = family
+    assert packing_honoured(model) is packs, name
+
+
+def test_one_training_step(family, tmp_path, monkeypatch):
+    name, folder, _, _, packs = family
+    monkeypatch.setenv("POLYALIGN_CACHE", str(tmp_path / "cache"))
+    examples = [{"prompt": "", "response": "Moni, muli bwanji? Ndili bwino."},
+                {"prompt": "", "response": "Galicia is in Spain."}]
+    m = train_causal_lm(str(folder), examples, tmp_path / "out", TRAIN)
+    assert m["packed"] is packs and m["steps"] == 1 and math.isfinite(m["final_loss"]), name
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
