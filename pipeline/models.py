@@ -99,19 +99,42 @@ def spec_hash(spec: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+# Files of a local model folder that change what it computes: weights, config, tokenizer.
+_FINGERPRINT_GLOBS = ("*.safetensors", "*.bin", "config.json", "generation_config.json", "tokenizer*.json",
+                      "*.model", "vocab.json", "merges.txt", "special_tokens_map.json", "chat_template.jinja")
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """("org/model", "commit") from a hub name "org/model@commit"; local paths and registry
+    names are returned whole (revision None)."""
+    if "@" in name and not Path(name).expanduser().exists():
+        repo, rev = name.rsplit("@", 1)
+        if "/" in repo and rev:
+            return repo, rev
+    return name, None
+
+
 def fingerprint(name: str) -> str:
-    """A short hash of what a model name resolves to: the registry build, or a local folder's
-    weights ("hub" for a hub id: its revision is the hub's to change)."""
+    """A short hash of the weights a model name resolves to, for caches and signatures.
+
+    Registry names: the build spec. Local folders: sha256 of weights, config and tokenizer
+    files. Hub ids: the commit, pinned ("org/model@<40 hex>") or, unpinned, the commit of
+    the snapshot huggingface_hub resolved; so cached translations and bits never outlive
+    the weights that made them.
+    """
     from pipeline.provenance import sha256_file, sha256_text
 
     reg = registry()
     if name in reg:
         return spec_hash(reg[name])
-    path = Path(name)
+    path = Path(name).expanduser()
     if path.exists():
-        files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json"))
-        return sha256_text("".join(sha256_file(f) for f in files))[:12]
-    return "hub"
+        files = sorted({f for pattern in _FINGERPRINT_GLOBS for f in path.glob(pattern)})
+        return sha256_text("".join(f"{f.name}:{sha256_file(f)}" for f in files))[:12]
+    _, rev = split_revision(name)
+    if rev and len(rev) == 40 and all(c in "0123456789abcdef" for c in rev.lower()):
+        return f"hub-{rev.lower()[:12]}"
+    return f"hub-{materialise(name).name[:12]}"  # snapshots/<commit>: the revision actually used
 
 
 def cached_dir(name: str) -> Path:
@@ -135,8 +158,9 @@ def _lock(path: Path):
 def materialise(name: str) -> Path:
     """A local HF folder for `name`: built once into the cache for registry names.
 
-    Local folders are returned as they are; hub ids are downloaded by huggingface_hub
-    into its own cache (snapshot_download), which fails with one line when offline.
+    Local folders are returned as they are; hub ids ("org/model", or pinned
+    "org/model@<commit>") are downloaded by huggingface_hub into its own cache
+    (snapshot_download, at that revision), which fails with one line when offline.
     """
     reg = registry()
     if name not in reg:
@@ -165,13 +189,15 @@ def _external(name: str, reg: dict) -> Path:
             raise PolyalignError(path, "config.json", "not a Hugging Face model folder", "point at a folder "
                                  "with config.json and *.safetensors")
         return path.resolve()
-    if "/" not in name:
+    repo, rev = split_revision(name)
+    if "/" not in repo:
         raise PolyalignError("params.yaml", "model", f"unknown model '{name}'",
                              did_you_mean(name, reg) or f"use one of {sorted(reg)}, a hub id or a local path")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(snapshot_download(repo, revision=rev, allow_patterns=["*.json", "*.safetensors", "*.model",
+                                                                          "*.txt", "*.jinja"]))
     except Exception as exc:  # offline, gated, missing: huggingface_hub has its own hierarchy
         raise PolyalignError("params.yaml", "model", f"cannot fetch hub model '{name}' ({type(exc).__name__})",
                              "check the id and network, or download it and pass a local path") from None

@@ -145,3 +145,44 @@ def test_model_stage_fails_one_line_when_expectations_are_not_met(tmp_path, monk
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "bits/byte" in err
     assert not (tmp_path / "models" / "base.json").exists()
+
+
+# --------------------------------------------------------------------------- fingerprints (issue 15)
+def _tiny_folder(path, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = models.load_tokenizer("tiny-random")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_split_revision():
+    assert models.split_revision("Qwen/Qwen2.5-1.5B@8faed761d45a") == ("Qwen/Qwen2.5-1.5B", "8faed761d45a")
+    assert models.split_revision("Qwen/Qwen2.5-1.5B") == ("Qwen/Qwen2.5-1.5B", None)
+    assert models.split_revision("tiny-random") == ("tiny-random", None)
+
+
+def test_hub_revision_is_part_of_the_fingerprint():
+    a, b = "a" * 40, "b" * 40
+    assert models.fingerprint(f"org/m@{a}") == "hub-" + a[:12]
+    assert models.fingerprint(f"org/m@{a}") != models.fingerprint(f"org/m@{b}")
+
+
+def test_local_folder_fingerprint_follows_its_weights(tmp_path):
+    folder = _tiny_folder(tmp_path / "m", seed=0)
+    first = models.fingerprint(str(folder))
+    assert first == models.fingerprint(str(folder))  # stable
+    _tiny_folder(folder, seed=1)  # same files, other weights
+    assert models.fingerprint(str(folder)) != first
+
+
+def test_fingerprint_stage_writes_what_names_resolve_to(repo_copy):
+    from stages import model_fingerprint
+
+    out = model_fingerprint.run()
+    assert out == {"gemma-3-270m": models.fingerprint("gemma-3-270m")}
+    assert (repo_copy / "models" / "fingerprint.json").exists()
