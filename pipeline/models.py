@@ -435,8 +435,11 @@ def default_dtype():
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
-def load_tokenizer(name: str):
-    """The model's fast tokenizer with a pad token and left padding (for batched generation)."""
+def load_tokenizer(name: str, *, chat: bool | None = None):
+    """The model's fast tokenizer with a pad token and left padding (for batched generation).
+
+    `chat`: wrap prompts in its chat template (chat_text); None: as params.yaml
+    `model.chat_template` says for the running stage (set_stage)."""
     from transformers import AutoTokenizer
 
     # transformers 4.57.6 flags every local folder saved by 4.57.3+ as a Mistral tokenizer with
@@ -446,6 +449,12 @@ def load_tokenizer(name: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
+    from pipeline.config import params_path
+
+    if chat is None:
+        chat = _STAGE is not None and params_path().exists() and _STAGE in chat_stages()
+    if chat:
+        _enable_chat(tok, name)
     return tok
 
 
@@ -476,6 +485,77 @@ def load_model(name: str, *, head: str = "causal", dtype=None):
 
         check_lm_parts(model)  # the chunked loss/scorer must see the model's own logits
     return model, tok
+
+
+# --------------------------------------------------------------------------- chat templates
+# Bump when the way prompts are wrapped changes (it is in every signature of a chat stage).
+CHAT_WRAP_VERSION = "chat_v1"
+_STAGE: str | None = None  # the running stage (stages/_cli.stage_main sets it)
+
+
+def set_stage(name: str | None) -> None:
+    """Name the running stage, so load_tokenizer applies that stage's chat-template setting."""
+    global _STAGE
+    _STAGE = name
+
+
+def chat_stages(params: dict | None = None) -> set[str]:
+    """Stages whose prompts go through the tokenizer's chat template: params.yaml
+    `model.chat_template: {<stage>: true}` (instruct models). Unknown stage: one-line error."""
+    from pipeline.config import load_params, params_path, section
+
+    params = load_params() if params is None else params
+    if "model" not in params:
+        return set()
+    chosen = section("model", params).get("chat_template") or {}
+    known = _dvc_stages()
+    for stage in chosen:
+        if known and stage not in known:
+            raise PolyalignError(params_path(), f"model.chat_template.{stage}", "not a stage of dvc.yaml",
+                                 did_you_mean(stage, known) or f"use one of {sorted(known)}")
+    return {stage for stage, on in chosen.items() if on}
+
+
+def _dvc_stages() -> set[str]:
+    from pipeline.config import load_yaml
+    from pipeline.paths import repo_root
+
+    path = repo_root() / "dvc.yaml"
+    return set((load_yaml(path).get("stages") or {})) if path.exists() else set()
+
+
+def chat_signature(stage: str, tok=None) -> str:
+    """'off', or CHAT_WRAP_VERSION plus a hash of the template text: recorded in the stage's signature."""
+    from pipeline.config import params_path
+    from pipeline.provenance import sha256_text
+
+    if not params_path().exists() or stage not in chat_stages():
+        return "off"
+    if tok is None:
+        from pipeline.config import section
+
+        tok = load_tokenizer(section("model")["base"], chat=False)
+    return f"{CHAT_WRAP_VERSION}-{sha256_text(tok.chat_template or '')[:12]}"
+
+
+def chat_text(tok, prompt: str) -> str:
+    """`prompt` as one user turn in the tokenizer's chat template, ready for the reply.
+
+    Empty prompts (plain language modelling) stay empty. The template's own BOS text is
+    dropped: every sequence already starts with start_ids(tok), and a second BOS would
+    shift what the model sees."""
+    if not prompt or not getattr(tok, "polyalign_chat", False):
+        return prompt
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    bos = tok.bos_token
+    return text[len(bos):] if bos and text.startswith(bos) else text
+
+
+def _enable_chat(tok, name: str) -> None:
+    if not tok.chat_template:
+        raise PolyalignError("params.yaml", f"model.chat_template.{_STAGE}", f"the tokenizer of '{name}' has no "
+                             "chat template", "use an instruct model or turn chat_template off for this stage")
+    tok.polyalign_chat = True
 
 
 # --------------------------------------------------------------------------- checks and manifest

@@ -209,6 +209,9 @@ def encode_example(tok, prompt: str, response: str, max_len: int) -> tuple[list[
     the response (the model learns to stop). Too long: the response is cut from the right;
     None when no response token survives.
     """
+    from pipeline.models import chat_text
+
+    prompt = chat_text(tok, prompt)  # unchanged unless the stage uses the chat template
     head = start_ids(tok) + (tok(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
     body = tok(response, add_special_tokens=False)["input_ids"]
     if tok.eos_token_id is not None:
