@@ -208,12 +208,12 @@ def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
     left = torch.tensor([budgets[i] for i in alive.tolist()])
     device = _device(model)
     cache = DynamicCache(config=model.config)
-    keep = _keep_last(model)
+    last_only = _keep_last(model)
     shared = _shared_prefix(model, seqs, int(left.max()))
     if shared:
         positions = torch.arange(shared, device=device)
         model(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
-              position_ids=positions[None], cache_position=positions, use_cache=True, **keep)
+              position_ids=positions[None], cache_position=positions, use_cache=True, **last_only)
         cache.batch_repeat_interleave(len(seqs))
     ids, mask = _left_pad([s[shared:] for s in seqs], pad)
     ids, mask = ids.to(device), mask.to(device)
@@ -224,7 +224,7 @@ def _greedy(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
     seen = torch.zeros(len(alive), dtype=torch.bool)
     while True:
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                       cache_position=cache_position, use_cache=True, **keep).logits[:, -1, :]
+                       cache_position=cache_position, use_cache=True, **last_only).logits[:, -1, :]
         nxt = logits.argmax(-1)
         for row, t in zip(alive.tolist(), nxt.tolist()):
             out[row].append(t)
