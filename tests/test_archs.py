@@ -123,3 +123,56 @@ def test_one_training_step(family, tmp_path, monkeypatch):
     m = train_causal_lm(str(folder), examples, tmp_path / "out", TRAIN)
     assert m["packed"] is packs and m["steps"] == 1 and math.isfinite(m["final_loss"]), name
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+
+
+# --------------------------------------------------------------------------- the paper profile
+def _unknown_keys(over: dict, base: dict, where: str) -> list[str]:
+    """Keys of a profile overlay with no counterpart in the section it overrides (typos would
+    otherwise be merged in silently). Training-setting dicts may name any pipeline.train key."""
+    from pipeline.train import DEFAULTS
+
+    out = []
+    for key, value in over.items():
+        if where.endswith("expect"):
+            continue  # expectations are keyed by model name
+        if key not in base and key not in DEFAULTS:
+            out.append(f"{where}.{key}")
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            out += _unknown_keys(value, base[key], f"{where}.{key}")
+    return out
+
+
+def test_paper_profile_keys_exist_and_validate(repo_copy):
+    import re
+
+    from pipeline.config import load_params, section
+    from pipeline.train import DEFAULTS, settings
+
+    text = re.sub(r"^profile: .*$", "profile: paper", (repo_copy / "params.yaml").read_text(), flags=re.M)
+    (repo_copy / "params.yaml").write_text(text)
+    params = load_params()
+    paper = params["profiles"]["paper"]
+    assert [k for name, over in paper.items() for k in _unknown_keys(over, params[name], name)] == []
+    assert models.split_revision(section("model")["base"])[1]  # a hub id with a pinned revision
+    assert section("train")["mixed_precision"] == "bf16"
+    for cfg in (section("taco")["sft"], section("culture")["sft"], section("rm_train")["train"]):
+        settings({k: v for k, v in cfg.items() if k in DEFAULTS})  # values allowed (keys checked above)
+    assert section("rm_transfer")["eval_pairs"] >= 200 and section("laft_eval")["max_docs"] is None
+
+
+def test_paper_profile_dry_run_lists_the_graph(repo_copy):
+    """`dvc repro --dry --force` with profile: paper (~3 s). --force because a plain --dry stops at
+    the first stage whose input another stage has not yet written (on any fresh clone, any profile)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = re.sub(r"^profile: .*$", "profile: paper", (repo_copy / "params.yaml").read_text(), flags=re.M)
+    (repo_copy / "params.yaml").write_text(text)
+    subprocess.run(["git", "init", "-q"], cwd=repo_copy, check=True)
+    dvc = Path(sys.executable).parent / "dvc"
+    proc = subprocess.run([str(dvc), "repro", "--dry", "--force"], cwd=repo_copy, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage in ("model_fingerprint", "model", "taco_sft@nya", "laft_eval@glg", "culture_eval@kr", "compare"):
+        assert f"Running stage '{stage}'" in proc.stdout, stage
