@@ -176,3 +176,20 @@ def test_paper_profile_dry_run_lists_the_graph(repo_copy):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for stage in ("model_fingerprint", "model", "taco_sft@nya", "laft_eval@glg", "culture_eval@kr", "compare"):
         assert f"Running stage '{stage}'" in proc.stdout, stage
+
+
+def test_gpu_check_runs_on_cpu_with_the_tiny_model(tmp_path, one_thread):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--model", "tiny-random", "--steps", "1", "--batch-size", "2", "--max-len", "32",
+                           "--score", "4", "--gen", "2", "--new", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert all(result[k] > 0 for k in ("train_tokens_per_s", "score_tokens_per_s", "generate_tokens_per_s"))
+    assert result["estimate"]["pack_s"] > 0 and "laft@L" in result["estimate"]["stage_s"]
