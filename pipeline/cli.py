@@ -155,6 +155,26 @@ def _params() -> dict:
     return load_params()
 
 
+export_app = typer.Typer(help="Export evaluation sets for other tools.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("lm-eval")
+def export_lm_eval(pack: str = typer.Option(..., help="pack id"),
+                   out: Path = typer.Option(..., help="folder for the task YAMLs and their JSONL files")) -> None:
+    """Write the pack's evaluation sets as lm-evaluation-harness tasks over local files."""
+    from pipeline.lmeval_export import export
+
+    try:
+        paths = export(pack, out)
+    except PolyalignError as exc:
+        _fail(exc)
+    for path in paths:
+        console.print(f"wrote {path}")
+    console.print(f"run: lm_eval --include_path {out} --tasks polyalign_{pack} --model hf --model_args pretrained=..."
+                  " (add_bos_token=False for the ntrex tasks if the tokenizer adds BOS itself)")
+
+
 @app.command()
 def doctor(apt_packages: bool = typer.Option(False, "--apt-packages",
                                              help="print only the Debian packages that are missing")) -> None:

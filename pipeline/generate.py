@@ -33,6 +33,9 @@ def _device(model) -> torch.device:
 
 
 def _encode_prompt(tok, prompt: str) -> list[int]:
+    from pipeline.models import chat_text
+
+    prompt = chat_text(tok, prompt)  # as encode_example: the chat template where the stage uses it
     return start_ids(tok) + (tok(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
 
 

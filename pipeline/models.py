@@ -100,19 +100,42 @@ def spec_hash(spec: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+# Files of a local model folder that change what it computes: weights, config, tokenizer.
+_FINGERPRINT_GLOBS = ("*.safetensors", "*.bin", "config.json", "generation_config.json", "tokenizer*.json",
+                      "*.model", "vocab.json", "merges.txt", "special_tokens_map.json", "chat_template.jinja")
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """("org/model", "commit") from a hub name "org/model@commit"; local paths and registry
+    names are returned whole (revision None)."""
+    if "@" in name and not Path(name).expanduser().exists():
+        repo, rev = name.rsplit("@", 1)
+        if "/" in repo and rev:
+            return repo, rev
+    return name, None
+
+
 def fingerprint(name: str) -> str:
-    """A short hash of what a model name resolves to: the registry build, or a local folder's
-    weights ("hub" for a hub id: its revision is the hub's to change)."""
+    """A short hash of the weights a model name resolves to, for caches and signatures.
+
+    Registry names: the build spec. Local folders: sha256 of weights, config and tokenizer
+    files. Hub ids: the commit, pinned ("org/model@<40 hex>") or, unpinned, the commit of
+    the snapshot huggingface_hub resolved; so cached translations and bits never outlive
+    the weights that made them.
+    """
     from pipeline.provenance import sha256_file, sha256_text
 
     reg = registry()
     if name in reg:
         return spec_hash(reg[name])
-    path = Path(name)
+    path = Path(name).expanduser()
     if path.exists():
-        files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json"))
-        return sha256_text("".join(sha256_file(f) for f in files))[:12]
-    return "hub"
+        files = sorted({f for pattern in _FINGERPRINT_GLOBS for f in path.glob(pattern)})
+        return sha256_text("".join(f"{f.name}:{sha256_file(f)}" for f in files))[:12]
+    _, rev = split_revision(name)
+    if rev and len(rev) == 40 and all(c in "0123456789abcdef" for c in rev.lower()):
+        return f"hub-{rev.lower()[:12]}"
+    return f"hub-{materialise(name).name[:12]}"  # snapshots/<commit>: the revision actually used
 
 
 def cached_dir(name: str) -> Path:
@@ -136,8 +159,9 @@ def _lock(path: Path):
 def materialise(name: str) -> Path:
     """A local HF folder for `name`: built once into the cache for registry names.
 
-    Local folders are returned as they are; hub ids are downloaded by huggingface_hub
-    into its own cache (snapshot_download), which fails with one line when offline.
+    Local folders are returned as they are; hub ids ("org/model", or pinned
+    "org/model@<commit>") are downloaded by huggingface_hub into its own cache
+    (snapshot_download, at that revision), which fails with one line when offline.
     """
     reg = registry()
     if name not in reg:
@@ -203,13 +227,15 @@ def _external(name: str, reg: dict) -> Path:
             raise PolyalignError(path, "config.json", "not a Hugging Face model folder", "point at a folder "
                                  "with config.json and *.safetensors")
         return path.resolve()
-    if "/" not in name:
+    repo, rev = split_revision(name)
+    if "/" not in repo:
         raise PolyalignError("params.yaml", "model", f"unknown model '{name}'",
                              did_you_mean(name, reg) or f"use one of {sorted(reg)}, a hub id or a local path")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(snapshot_download(repo, revision=rev, allow_patterns=["*.json", "*.safetensors", "*.model",
+                                                                          "*.txt", "*.jinja"]))
     except Exception as exc:  # offline, gated, missing: huggingface_hub has its own hierarchy
         raise PolyalignError("params.yaml", "model", f"cannot fetch hub model '{name}' ({type(exc).__name__})",
                              "check the id and network, or download it and pass a local path") from None
@@ -447,8 +473,11 @@ def default_dtype():
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
-def load_tokenizer(name: str):
-    """The model's fast tokenizer with a pad token and left padding (for batched generation)."""
+def load_tokenizer(name: str, *, chat: bool | None = None):
+    """The model's fast tokenizer with a pad token and left padding (for batched generation).
+
+    `chat`: wrap prompts in its chat template (chat_text); None: as params.yaml
+    `model.chat_template` says for the running stage (set_stage)."""
     from transformers import AutoTokenizer
 
     # transformers 4.57.6 flags every local folder saved by 4.57.3+ as a Mistral tokenizer with
@@ -458,6 +487,12 @@ def load_tokenizer(name: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
+    from pipeline.config import params_path
+
+    if chat is None:
+        chat = _STAGE is not None and params_path().exists() and _STAGE in chat_stages()
+    if chat:
+        _enable_chat(tok, name)
     return tok
 
 
@@ -483,7 +518,82 @@ def load_model(name: str, *, head: str = "causal", dtype=None):
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
     model.eval()
+    if head == "causal":
+        from pipeline.train import check_lm_parts
+
+        check_lm_parts(model)  # the chunked loss/scorer must see the model's own logits
     return model, tok
+
+
+# --------------------------------------------------------------------------- chat templates
+# Bump when the way prompts are wrapped changes (it is in every signature of a chat stage).
+CHAT_WRAP_VERSION = "chat_v1"
+_STAGE: str | None = None  # the running stage (stages/_cli.stage_main sets it)
+
+
+def set_stage(name: str | None) -> None:
+    """Name the running stage, so load_tokenizer applies that stage's chat-template setting."""
+    global _STAGE
+    _STAGE = name
+
+
+def chat_stages(params: dict | None = None) -> set[str]:
+    """Stages whose prompts go through the tokenizer's chat template: params.yaml
+    `model.chat_template: {<stage>: true}` (instruct models). Unknown stage: one-line error."""
+    from pipeline.config import load_params, params_path, section
+
+    params = load_params() if params is None else params
+    if "model" not in params:
+        return set()
+    chosen = section("model", params).get("chat_template") or {}
+    known = _dvc_stages()
+    for stage in chosen:
+        if known and stage not in known:
+            raise PolyalignError(params_path(), f"model.chat_template.{stage}", "not a stage of dvc.yaml",
+                                 did_you_mean(stage, known) or f"use one of {sorted(known)}")
+    return {stage for stage, on in chosen.items() if on}
+
+
+def _dvc_stages() -> set[str]:
+    from pipeline.config import load_yaml
+    from pipeline.paths import repo_root
+
+    path = repo_root() / "dvc.yaml"
+    return set((load_yaml(path).get("stages") or {})) if path.exists() else set()
+
+
+def chat_signature(stage: str, tok=None) -> str:
+    """'off', or CHAT_WRAP_VERSION plus a hash of the template text: recorded in the stage's signature."""
+    from pipeline.config import params_path
+    from pipeline.provenance import sha256_text
+
+    if not params_path().exists() or stage not in chat_stages():
+        return "off"
+    if tok is None:
+        from pipeline.config import section
+
+        tok = load_tokenizer(section("model")["base"], chat=False)
+    return f"{CHAT_WRAP_VERSION}-{sha256_text(tok.chat_template or '')[:12]}"
+
+
+def chat_text(tok, prompt: str) -> str:
+    """`prompt` as one user turn in the tokenizer's chat template, ready for the reply.
+
+    Empty prompts (plain language modelling) stay empty. The template's own BOS text is
+    dropped: every sequence already starts with start_ids(tok), and a second BOS would
+    shift what the model sees."""
+    if not prompt or not getattr(tok, "polyalign_chat", False):
+        return prompt
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    bos = tok.bos_token
+    return text[len(bos):] if bos and text.startswith(bos) else text
+
+
+def _enable_chat(tok, name: str) -> None:
+    if not tok.chat_template:
+        raise PolyalignError("params.yaml", f"model.chat_template.{_STAGE}", f"the tokenizer of '{name}' has no "
+                             "chat template", "use an instruct model or turn chat_template off for this stage")
+    tok.polyalign_chat = True
 
 
 # --------------------------------------------------------------------------- checks and manifest

@@ -57,6 +57,12 @@ def signature(**parts) -> str:
         if isinstance(value, (dict, list, tuple)):
             value = sha256_text(json.dumps(value, sort_keys=True, default=str))[:12]
         fields.append(f"{key}:{value}")
+    if "stage" in parts and "chat" not in parts:  # prompts wrapped in a chat template change every score
+        from pipeline.models import chat_signature
+
+        chat = chat_signature(str(parts["stage"]))
+        if chat != "off":
+            fields.append(f"chat:{chat}")
     fields += [f"{k}:{v}" for k, v in package_versions().items()]
     fields.append(f"hw:{hardware()}")
     return "|".join(fields)

@@ -59,7 +59,7 @@ DEFAULTS: dict = {
     "lora_r": 8,
     "lora_alpha": 16,
     "lora_dropout": 0.05,
-    "target_modules": ["q_proj", "v_proj"],
+    "target_modules": ["q_proj", "v_proj"],   # or "auto": peft's default for the model type
     "full_finetune": False,
     "lr": 2e-4,
     "weight_decay": 0.0,
@@ -210,6 +210,9 @@ def encode_example(tok, prompt: str, response: str, max_len: int) -> tuple[list[
     the response (the model learns to stop). Too long: the response is cut from the right;
     None when no response token survives.
     """
+    from pipeline.models import chat_text
+
+    prompt = chat_text(tok, prompt)  # unchanged unless the stage uses the chat template
     head = start_ids(tok) + (tok(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
     body = tok(response, add_special_tokens=False)["input_ids"]
     if tok.eos_token_id is not None:
@@ -308,15 +311,99 @@ def collate_packed(rows: list[list[tuple[list[int], list[int]]]], pad_id: int) -
 
 
 # --------------------------------------------------------------------------- model parts
-def lm_parts(model):
-    """(decoder body, output embedding weight, softcap) of a causal LM, peft-wrapped or not."""
+# Config fields that rescale logits after the output layer in some families (Cohere, Granite):
+# lm_parts has no place for them, so such models are refused rather than scored wrongly.
+_LOGIT_SCALES = ("logit_scale", "logits_scaling")
+
+
+def base_lm(model):
+    """The transformers causal LM inside a peft wrapper (or the model itself)."""
     from peft import PeftModel
 
-    lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def decoder_body(lm):
+    """The module whose output is `last_hidden_state` (the input of the output layer).
+
+    `get_decoder()` finds it for Llama-style models (Gemma-3 names its prefix
+    "language_model" but stores it as `model`); for GPT-2, BLOOM and GPT-NeoX it returns
+    the whole LM, and `base_model` (transformer / gpt_neox) is the body. Last resort:
+    the LM's only child that is itself a transformers model.
+    """
+    from transformers import PreTrainedModel
+
+    for body in (lm.get_decoder(), lm.base_model):
+        if body is not lm:
+            return body
+    children = [m for m in lm.children() if isinstance(m, PreTrainedModel)]
+    if len(children) != 1:
+        raise PolyalignError("(model)", type(lm).__name__, "cannot find the decoder body",
+                             "use a causal LM whose base model transformers exposes as base_model")
+    return children[0]
+
+
+def lm_parts(model):
+    """(decoder body, output embedding weight, softcap) of a causal LM, peft-wrapped or not."""
+    lm = base_lm(model)
     head = lm.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
         raise PolyalignError("(model)", "lm_head", "output layer with a bias is not supported", "use a bias-free LM")
-    return lm.get_decoder(), head.weight, getattr(lm.config, "final_logit_softcapping", None)
+    config = lm.config.get_text_config()
+    scaled = [k for k in _LOGIT_SCALES if getattr(config, k, None) not in (None, 1, 1.0)]
+    if scaled:
+        raise PolyalignError("(model)", f"config.{scaled[0]}", "logits rescaled after the output layer are not "
+                             "supported", "use a model family without output-logit scaling")
+    return decoder_body(lm), head.weight, getattr(config, "final_logit_softcapping", None)
+
+
+def body_hidden(body, input_ids, position_ids=None) -> torch.Tensor:
+    """Last hidden states (B, T, d) of the decoder body; position ids only where given
+    (BLOOM has none: ALiBi positions come from the attention mask)."""
+    extra = {} if position_ids is None else {"position_ids": position_ids}
+    return body(input_ids=input_ids, use_cache=False, **extra).last_hidden_state
+
+
+@torch.no_grad()
+def check_lm_parts(model, n_tokens: int = 6) -> None:
+    """Fail loudly unless lm_parts reproduces the model's own logits on a few tokens.
+
+    One short forward (milliseconds even for a 2B model): any family whose logits are
+    not head(body(x)) (an extra scale, a bias, a different final norm) is refused here,
+    at load time, instead of silently training or scoring on wrong log-probabilities.
+    """
+    body, weight, softcap = lm_parts(model)
+    device = weight.device
+    ids = torch.arange(n_tokens, device=device)[None] % weight.shape[0] + min(3, weight.shape[0] - n_tokens)
+    expected = model(input_ids=ids, use_cache=False).logits.float()  # (1, T, V)
+    got = (body_hidden(body, ids).to(weight.dtype) @ weight.t()).float()
+    if softcap:
+        got = torch.tanh(got / softcap) * softcap
+    tol = (1e-3 if weight.dtype == torch.float32 else 3e-2) * (1 + expected.abs().max())
+    if not torch.allclose(got, expected, atol=float(tol), rtol=0):
+        raise PolyalignError("(model)", type(base_lm(model)).__name__, "logits of decoder body + output layer differ "
+                             "from the model's own", "this architecture is not supported by the chunked loss/scorer")
+
+
+@torch.no_grad()
+def packing_honoured(model) -> bool:
+    """True when the model attends within each packed example given restarting position ids
+    (transformers' mask utilities detect the restarts); BLOOM and XGLM do not, so their
+    packed rows would let each example attend to the ones before it. Measured, not listed:
+    two random examples packed vs. alone."""
+    body, weight, _ = lm_parts(model)
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(3, weight.shape[0], (1, n), generator=gen).to(weight.device) for n in (5, 4))
+    pos = torch.cat([torch.arange(5), torch.arange(4)])[None].to(weight.device)
+    was_training = body.training
+    body.eval()
+    try:
+        packed = body_hidden(body, torch.cat([a, b], 1), pos)[:, 5:].float()
+        alone = body_hidden(body, b).float()
+    finally:
+        body.train(was_training)
+    tol = (1e-3 if weight.dtype == torch.float32 else 5e-2) * (1 + float(alone.abs().max()))
+    return torch.allclose(packed, alone, atol=tol, rtol=0)
 
 
 class CausalLMLoss(torch.nn.Module):
@@ -354,7 +441,7 @@ class CausalLMLoss(torch.nn.Module):
 
     def forward(self, input_ids, labels, position_ids=None):
         body, weight, softcap = lm_parts(self.model)
-        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, d)
+        hidden = body_hidden(body, input_ids, position_ids)  # (B, T, d)
         target = labels[:, 1:]
         keep = target != IGNORE
         target = target[keep] if self.remap is None else self.remap[target[keep]]
@@ -486,14 +573,24 @@ def _load_base(base: str, head: str, precision: str, full: bool):
 def _wrap_trainable(model, s: dict, task: str):
     """LoRA adapters (fp32) on `target_modules`, or every weight trainable for full fine-tuning."""
     from peft import LoraConfig, get_peft_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     if s["full_finetune"]:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+    # "auto": peft's per-architecture default (q_proj/v_proj, c_attn for GPT-2,
+    # query_key_value for BLOOM/GPT-NeoX, qkv_proj for Phi-3, ...)
+    targets = None if s["target_modules"] == "auto" else list(s["target_modules"])
     config = LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
-                        target_modules=list(s["target_modules"]), task_type=task, bias="none")
-    model = get_peft_model(model, config)
+                        target_modules=targets, task_type=task, bias="none")
+    if targets is None and model.config.model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        config.target_modules = "all-linear"  # peft has no default for this type (Phi-3, XGLM)
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as exc:  # no module matches / no default for this model type
+        raise PolyalignError("params.yaml", "target_modules", str(exc).splitlines()[0][:160],
+                             "name modules this model has, or use target_modules: auto") from None
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -831,6 +928,11 @@ def train_causal_lm(base: str, examples: list[dict], out_dir: Path, cfg: dict) -
         raise PolyalignError("(examples)", "response", "no example has a response token left",
                              "check the data or raise max_len")
     key = run_key(base, hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest(), s, "causal")
+    if counts["packed"] and not packing_honoured(model):
+        if s["packing"] is True:
+            raise PolyalignError("params.yaml", "packing", f"{type(model).__name__} attends across packed examples",
+                                 "set packing: auto (one unit a row) for this model family")
+        counts["packed"] = False  # units stay split to max_len, one a row, length-bucketed
     model = _wrap_trainable(model, s, "CAUSAL_LM")
     run = _Run(CausalLMLoss(model, s["logits_chunk"]), s, precision, key, checkpoint_path(s, key))
     world = run.acc.num_processes

@@ -14,6 +14,9 @@ def stage_main(run: Callable, description: str, *, pack: bool = True, argv=None)
     if pack:
         parser.add_argument("--pack", required=True, help="pack id (file stem in languages/ or cultures/)")
     args = parser.parse_args(argv)
+    from pipeline.models import set_stage
+
+    set_stage(run.__module__.rsplit(".", 1)[-1])  # the stage's model.chat_template setting applies
     try:
         run(args.pack) if pack else run()
     except PolyalignError as exc:

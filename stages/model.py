@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline import io
 from pipeline.config import section
 from pipeline.errors import PolyalignError
-from pipeline.models import bits_per_byte, english_sentences, load_model, materialise, model_manifest
+from pipeline.models import bits_per_byte, english_sentences, fingerprint, load_model, materialise, model_manifest
 from pipeline.paths import repo_root
 from pipeline.provenance import signature
 from pipeline.seeding import seed_everything
@@ -68,8 +68,9 @@ def run(out: Path | None = None) -> dict:
     for name in cfg.get("helpers") or []:
         helpers[name] = measure(name, cfg.get("check_sentences", 100))
         check(helpers[name], expect.get(name, {}))
-    result = {**base, "helpers": helpers,
-              "signature": signature(stage="model", model=cfg["base"], spec=base["spec_hash"])}
+    weights = fingerprint(cfg["base"])
+    result = {**base, "helpers": helpers, "fingerprint": weights,
+              "signature": signature(stage="model", model=cfg["base"], spec=base["spec_hash"], weights=weights)}
     io.write_json(out or repo_root() / OUT, result)
     return result
 

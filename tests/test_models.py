@@ -145,3 +145,100 @@ def test_model_stage_fails_one_line_when_expectations_are_not_met(tmp_path, monk
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "bits/byte" in err
     assert not (tmp_path / "models" / "base.json").exists()
+
+
+# --------------------------------------------------------------------------- fingerprints (issue 15)
+def _tiny_folder(path, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = models.load_tokenizer("tiny-random")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_split_revision():
+    assert models.split_revision("Qwen/Qwen2.5-1.5B@8faed761d45a") == ("Qwen/Qwen2.5-1.5B", "8faed761d45a")
+    assert models.split_revision("Qwen/Qwen2.5-1.5B") == ("Qwen/Qwen2.5-1.5B", None)
+    assert models.split_revision("tiny-random") == ("tiny-random", None)
+
+
+def test_hub_revision_is_part_of_the_fingerprint():
+    a, b = "a" * 40, "b" * 40
+    assert models.fingerprint(f"org/m@{a}") == "hub-" + a[:12]
+    assert models.fingerprint(f"org/m@{a}") != models.fingerprint(f"org/m@{b}")
+
+
+def test_local_folder_fingerprint_follows_its_weights(tmp_path):
+    folder = _tiny_folder(tmp_path / "m", seed=0)
+    first = models.fingerprint(str(folder))
+    assert first == models.fingerprint(str(folder))  # stable
+    _tiny_folder(folder, seed=1)  # same files, other weights
+    assert models.fingerprint(str(folder)) != first
+
+
+def test_fingerprint_stage_writes_what_names_resolve_to(repo_copy):
+    from stages import model_fingerprint
+
+    out = model_fingerprint.run()
+    assert out == {"gemma-3-270m": models.fingerprint("gemma-3-270m")}
+    assert (repo_copy / "models" / "fingerprint.json").exists()
+
+
+# --------------------------------------------------------------------------- chat templates (issue 15)
+GEMMA_STYLE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+               "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+@pytest.fixture
+def chat_repo(repo_copy, tmp_path):
+    """A repo copy whose base is a local tiny model with a chat template; taco_eval uses it."""
+    import yaml
+
+    folder = _tiny_folder(tmp_path / "chat-model", seed=0)
+    tok = models.load_tokenizer(str(folder), chat=False)
+    tok.chat_template = GEMMA_STYLE
+    tok.save_pretrained(folder)
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["model"]["base"] = str(folder)
+    params["model"]["chat_template"] = {"taco_eval": True, "taco_sft": False}
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params))
+    yield folder
+    models.set_stage(None)
+
+
+def test_chat_template_wraps_prompts_of_chosen_stages(chat_repo):
+    from pipeline.generate import _encode_prompt
+    from pipeline.provenance import signature
+    from pipeline.train import encode_example
+
+    models.set_stage("taco_sft")
+    plain = models.load_tokenizer(str(chat_repo))
+    assert _encode_prompt(plain, "Hello") == [plain.bos_token_id, *plain("Hello", add_special_tokens=False)["input_ids"]]
+    assert "chat:" not in signature(stage="taco_sft")
+    models.set_stage("taco_eval")
+    tok = models.load_tokenizer(str(chat_repo))
+    ids = _encode_prompt(tok, "Hello")
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id  # the template's BOS not doubled
+    text = tok.decode(ids[1:])
+    assert text == "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
+    assert tok.convert_tokens_to_ids("<start_of_turn>") in ids  # a special token, not its characters
+    prompt_ids, labels = encode_example(tok, "Hello", "Hi", 64)
+    assert prompt_ids[:len(ids)] == ids and labels[len(ids):] != []  # training sees the same wrapped prompt
+    assert f"chat:{models.CHAT_WRAP_VERSION}-" in signature(stage="taco_eval")
+    assert _encode_prompt(tok, "") == [tok.bos_token_id]  # plain LM text is never wrapped
+
+
+def test_chat_template_errors_are_one_line(chat_repo, repo_copy):
+    import yaml
+
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["model"]["chat_template"] = {"taco_evl": True}
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(PolyalignError, match="did you mean 'taco_eval'"):
+        models.chat_stages()
+    with pytest.raises(PolyalignError, match="has no chat template"):
+        models.load_tokenizer("tiny-random", chat=True)
