@@ -157,6 +157,7 @@ PROFILE_KEYS = ["profile", "profiles.${profile}"]
 TACO_DATA_KEYS = ["taco.base", "taco.split_salt", "taco.heldout_fraction", "taco.max_chars", "taco.max_instructions",
                   "taco.round_trip_chrf", "taco.min_samples", "taco.chunk", "taco.probe", "taco.curriculum"]
 STAGE_PARAMS: dict[str, list[str]] = {
+    "model_fingerprint": ["model.base", "model.helpers"],
     "model": ["model"],
     "lid": ["lid", "data"],
     "data": ["data", "stats.mde.data"],

@@ -69,6 +69,7 @@ class Train(TrainSettings):
 
 class ModelSection(Strict):
     base: str = F(..., description="base model: a pipeline/models.py registry name, hub id or local path")
+    chat_template: dict[str, bool] = F({}, "per stage: wrap its prompts in the tokenizer's chat template (instruct models)")
     helpers: list[str] = F([], "extra models materialised by the model stage")
     seed: int = F(0, "seed of the model stage's checks")
     check_sentences: int = F(100, "English sentences of the bits-per-byte sanity check", gt=0)
@@ -129,7 +130,7 @@ class CultureEval(Strict):
 
 class Blend(Strict):
     prompt: str = F("inst-4", "BLEnD prompt id")
-    max_questions: int = F(24, "seeded sample of BLEnD questions; 0 = skip BLEnD", ge=0)
+    max_questions: int | None = F(24, "seeded sample of BLEnD questions; 0 = skip BLEnD, null = all", ge=0)
     max_new_tokens: int = F(16, "answer tokens", gt=0)
     batch_size: int = F(20, "generation batch", gt=0)
     seed: int = F(0, "sampling seed")
@@ -163,7 +164,7 @@ class RmTrain(Strict):
     seed: int = F(0, "split and training seed")
     context_turns: int = F(1, "user turns kept before the final exchange", gt=0)
     max_chars: int = F(800, "longer pairs are dropped", gt=0)
-    max_train_pairs: int = F(448, "training pairs used", gt=0)
+    max_train_pairs: int | None = F(448, "training pairs used; null = all", gt=0)
     max_dev_pairs: int | None = F(200, "dev pairs that choose the learning rate; null = all")
     max_test_pairs: int | None = F(200, "held-out pairs scored; null = all")
     train_eval_pairs: int = F(100, "train pairs re-scored after training", ge=0)
@@ -205,7 +206,7 @@ class TacoBudget(Strict):
 
 
 class TacoEval(Strict):
-    max_prompts: int = F(24, "held-out prompts answered", gt=0)
+    max_prompts: int | None = F(24, "held-out prompts answered; null = all", gt=0)
     max_new_tokens: int | Literal["auto"] = F("auto", "answer tokens; auto = the budget rule below")
     budget: TacoBudget = F(TacoBudget(), "the auto answer budget")
     batch_size: int = F(24, "generation batch", gt=0)
