@@ -95,16 +95,19 @@ def assumed_rates(n_params: float, tflops: float, tbs: float, mfu: float, gen_ba
 # NTREX 25 test documents ~400 sentences, hh-rlhf ~1,750 train / ~220 test pairs).
 def workload(p: dict) -> dict[str, dict[str, float]]:
     laft, maft, taco, rmt = p["laft"], p["maft"], p["taco"], p["rm_transfer"]
+    # `auto` budgets come from the TaCo targets' lengths at run time; estimate with the fallback
+    budget = taco["eval"].get("max_new_tokens", "auto")
+    budget = budget if isinstance(budget, int) else taco["eval"].get("budget", {}).get("fallback", 574)
     sent_tokens = 40          # NTREX sentence, ~1.3 tokens a word for a multilingual 150k vocabulary
     return {
         "taco_data@L": {"generate": 427 * 2 * 150, "score": 427 * 2 * 300},   # translate + round-trip prompts
         "taco_sft@L": {"train": 384 * taco["sft"]["max_len"]},
-        "taco_eval@L": {"generate": 43 * 2 * taco["eval"].get("max_new_tokens", 96), "score": 43 * 600},
+        "taco_eval@L": {"generate": 43 * 2 * budget, "score": 43 * 600},
         "laft@L": {"train": laft["max_steps"] * laft["batch_size"] * laft["max_len"]},
         "laft_eval@L": {"score": 3 * 2 * 404 * sent_tokens},                   # 3 models x 2 sides
         "mt_errors@L": {"generate": 2 * 404 * 60, "score": 2 * 404 * 400},    # 4-shot prompts, both directions
         "rm_transfer@L": {"generate": (rmt["eval_pairs"] + rmt["tt_pairs"]) * 2 * 150
-                          + rmt["bon"]["prompts"] * 4 * 96, "train": rmt["tt_pairs"] * 2 * 200,
+                          + rmt["bon"]["prompts"] * 4 * budget, "train": rmt["tt_pairs"] * 2 * 200,
                           "score": rmt["eval_pairs"] * 2 * 200 * 3},
         "maft (shared, once)": {"train": maft["max_steps"] * maft["batch_size"] * maft["max_len"]},
         "rm_train (shared, once)": {"train": 1750 * 2 * 200, "score": 220 * 2 * 200},

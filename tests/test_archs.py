@@ -157,7 +157,7 @@ def test_paper_profile_keys_exist_and_validate(repo_copy):
     assert section("train")["mixed_precision"] == "bf16"
     for cfg in (section("taco")["sft"], section("culture")["sft"], section("rm_train")["train"]):
         settings({k: v for k, v in cfg.items() if k in DEFAULTS})  # values allowed (keys checked above)
-    assert section("rm_transfer")["eval_pairs"] >= 200 and section("laft_eval")["max_docs"] is None
+    assert section("rm_transfer")["eval_pairs"] >= 200 and section("laft_eval")["sentences"] is None
 
 
 def test_paper_profile_dry_run_lists_the_graph(repo_copy):
