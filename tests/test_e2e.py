@@ -73,4 +73,6 @@ def test_every_metric_file_has_signature(smoke_repo):
 
 def test_second_repro_changes_nothing(smoke_repo):
     proc = _dvc(smoke_repo, "status")
-    assert proc.returncode == 0 and "up to date" in proc.stdout, proc.stdout
+    # model_fingerprint is always_changed by design (seconds; its output decides whether `model` reruns)
+    rest = proc.stdout.replace("model_fingerprint:\n\talways changed\n", "")
+    assert proc.returncode == 0 and ("up to date" in rest or not rest.strip()), proc.stdout
