@@ -69,7 +69,7 @@ def block_len(train: list[dict], steps: int) -> int:
     """Packed row length for one row per optimizer step holding about the Trainer's 8 sentences
     (10% slack for the greedy fill), so both runs make ~`steps` updates over the same examples."""
     from pipeline.models import load_tokenizer
-    from pipeline.train import encode_example
+    from pipeline.batching import encode_example
 
     tok = load_tokenizer(MODEL)
     total = sum(len(encode_example(tok, ex["prompt"], ex["response"], MAX_LEN)[0]) for ex in train)
@@ -103,7 +103,8 @@ def run_trainer(train: list[dict], evals: list[dict], steps: int, cfg: dict) -> 
 
     from pipeline.models import load_model
     from pipeline.seeding import seed_everything
-    from pipeline.train import encode_example, peak_rss_gb
+    from pipeline.batching import encode_example
+    from pipeline.train import peak_rss_gb
 
     seed_everything(SEED)
     model, tok = load_model(MODEL, dtype=torch.float32)

@@ -25,7 +25,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from pipeline.errors import PolyalignError
-from pipeline.train import lm_parts, start_ids
+from pipeline.lm_parts import lm_parts
+from pipeline.batching import start_ids
 
 
 def _device(model) -> torch.device:
@@ -252,7 +253,7 @@ class _Head:
     the exact products are summed in another order than a full GEMM's)."""
 
     def __init__(self, model):
-        from pipeline.train import lm_parts
+        from pipeline.lm_parts import lm_parts
 
         self.body, self.weight, self.softcap = lm_parts(model)
         module = model.get_output_embeddings()

@@ -28,7 +28,6 @@ from typing import Sequence
 import numpy as np
 
 from pipeline import io
-from pipeline.errors import PolyalignError
 from pipeline.paths import cache_dir, repo_root
 from pipeline.provenance import sha256_file, sha256_text
 from pipeline.stats import cluster_ratio_ci, paired_ratio_delta, stratified_sample
@@ -287,13 +286,14 @@ def tokens_seen(tok, examples: list[dict], langs: Sequence[str], cfg: dict) -> d
     Rebuilds the trainer's own plan (pipeline.train: packed units, seeded epochs, the first
     max_steps x grad_accum micro-batches) with every unit tagged by its example's language; a
     language's tokens are what the optimizer saw, not what the corpus holds."""
+    from pipeline import batching as B
     from pipeline import train as T
 
     s = T.settings(train_cfg(cfg))
     unit_lang, lengths = [], []
     for ex, lang in zip(examples, langs):
-        encoded = T.encode_example(tok, "", ex["response"], 10**9)
-        for ids, _ in T.pack_sequences([encoded], s["max_len"], T.start_ids(tok)) if encoded else []:
+        encoded = B.encode_example(tok, "", ex["response"], 10**9)
+        for ids, _ in B.pack_sequences([encoded], s["max_len"], B.start_ids(tok)) if encoded else []:
             unit_lang.append(lang)
             lengths.append(len(ids))
     plan = T._plan(lengths, s, True, 1)

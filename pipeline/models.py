@@ -519,7 +519,7 @@ def load_model(name: str, *, head: str = "causal", dtype=None):
         model.generation_config.pad_token_id = tok.pad_token_id
     model.eval()
     if head == "causal":
-        from pipeline.train import check_lm_parts
+        from pipeline.lm_parts import check_lm_parts
 
         check_lm_parts(model)  # the chunked loss/scorer must see the model's own logits
     return model, tok

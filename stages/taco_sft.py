@@ -77,7 +77,7 @@ def fitting(base: str, samples: list[dict], max_len: int) -> tuple[list[dict], i
     target-language answer TaCo is about; such samples are dropped for both adapters and counted.
     """
     from pipeline.models import load_tokenizer
-    from pipeline.train import encode_example
+    from pipeline.batching import encode_example
 
     tok = load_tokenizer(base)
     size = [len(encode_example(tok, s["taco"]["prompt"], s["taco"]["response"], 10**9)[0]) for s in samples]

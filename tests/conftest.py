@@ -5,7 +5,6 @@ download); .ci/run names the CI machine's mirror."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path

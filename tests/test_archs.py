@@ -15,7 +15,9 @@ import transformers as T
 
 from pipeline import models
 from pipeline.generate import _encode_prompt, _eos_ids, _trim, generate_ids, sum_logprobs
-from pipeline.train import IGNORE, CausalLMLoss, lm_parts, packing_honoured, train_causal_lm
+from pipeline.losses import IGNORE
+from pipeline.lm_parts import CausalLMLoss, lm_parts, packing_honoured
+from pipeline.train import train_causal_lm
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 # (config class, size keys) per family; `packs`: honours restarting position ids in a packed row

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline import generate as G
-from pipeline.train import start_ids
+from pipeline.batching import start_ids
 
 TINY = "tiny-random"
 PROMPTS = ["Translate to Galician: the house\n", "Hello", "A much longer prompt about the weather in Lilongwe today,",
@@ -298,7 +298,7 @@ def test_prescored_head_gives_the_exact_top_k_within_its_bound(monkeypatch, kind
             return self.lm_head
 
     model = Fake()
-    monkeypatch.setattr("pipeline.train.lm_parts", lambda m: (None, m.lm_head.weight, None))
+    monkeypatch.setattr("pipeline.lm_parts.lm_parts", lambda m: (None, m.lm_head.weight, None))
     head = G._Head(model)
     assert head.pre is not None and head.pre.kind == kind
     full = hidden @ weight.t()

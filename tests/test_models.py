@@ -213,7 +213,7 @@ def chat_repo(repo_copy, tmp_path):
 def test_chat_template_wraps_prompts_of_chosen_stages(chat_repo):
     from pipeline.generate import _encode_prompt
     from pipeline.provenance import signature
-    from pipeline.train import encode_example
+    from pipeline.batching import encode_example
 
     models.set_stage("taco_sft")
     plain = models.load_tokenizer(str(chat_repo))

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from pipeline import train as T
+from pipeline import batching as B
+from pipeline import lm_parts as P
+from pipeline import losses as L
 
 TINY = "tiny-random"
 FAST = {"batch_size": 4, "max_len": 64, "progress": False, "checkpoint_every": 0, "lr": 1e-3}
@@ -38,29 +41,29 @@ def adapter_tensors(out):
 # --------------------------------------------------------------------------- encoding
 def test_labels_ignore_exactly_the_prompt(tok):
     prompt, response = "Instruction: say hi\n", "hi there"
-    ids, labels = T.encode_example(tok, prompt, response, max_len=100)
-    n_head = len(T.start_ids(tok)) + len(tok(prompt, add_special_tokens=False)["input_ids"])
+    ids, labels = B.encode_example(tok, prompt, response, max_len=100)
+    n_head = len(B.start_ids(tok)) + len(tok(prompt, add_special_tokens=False)["input_ids"])
     n_body = len(tok(response, add_special_tokens=False)["input_ids"]) + 1  # + EOS
     assert len(ids) == len(labels) == n_head + n_body
-    assert labels[:n_head] == [T.IGNORE] * n_head
+    assert labels[:n_head] == [L.IGNORE] * n_head
     assert labels[n_head:] == ids[n_head:]
     assert ids[-1] == tok.eos_token_id and ids[0] == tok.bos_token_id
 
 
 def test_plain_lm_example_labels_every_text_token(tok):
-    ids, labels = T.encode_example(tok, "", "hello world", max_len=100)
-    assert labels[0] == T.IGNORE and labels[1:] == ids[1:]
+    ids, labels = B.encode_example(tok, "", "hello world", max_len=100)
+    assert labels[0] == L.IGNORE and labels[1:] == ids[1:]
 
 
 def test_truncation_cuts_the_response_and_drops_prompt_only_examples(tok):
-    ids, labels = T.encode_example(tok, "a b c", "d e f g h i j k l", max_len=6)
-    assert len(ids) == 6 and labels.count(T.IGNORE) == len(T.start_ids(tok)) + len(tok("a b c", add_special_tokens=False)["input_ids"])
-    assert T.encode_example(tok, "a b c d e f g h", "x", max_len=4) is None
+    ids, labels = B.encode_example(tok, "a b c", "d e f g h i j k l", max_len=6)
+    assert len(ids) == 6 and labels.count(L.IGNORE) == len(B.start_ids(tok)) + len(tok("a b c", add_special_tokens=False)["input_ids"])
+    assert B.encode_example(tok, "a b c d e f g h", "x", max_len=4) is None
 
 
 def test_packing_keeps_every_token_in_order():
     seqs = [([1, 10, 11, 2], [-100, 10, 11, 2]), ([1, 20, 2], [-100, 20, 2]), ([1, 30, 31, 32, 2], [-100, 30, 31, 32, 2])]
-    blocks = T.pack_sequences(seqs, block=5)
+    blocks = B.pack_sequences(seqs, block=5)
     assert [b[0] for b in blocks] == [[1, 10, 11, 2, 1], [20, 2, 1, 30, 31], [32, 2]]
     assert sum((b[1] for b in blocks), []) == sum((s[1] for s in seqs), [])
     assert all(len(b[0]) == 5 for b in blocks[:-1])
@@ -68,26 +71,26 @@ def test_packing_keeps_every_token_in_order():
 
 def test_packed_blocks_start_with_bos_and_lose_no_text():
     seqs = [([1, 10, 11, 2], [-100, 10, 11, 2]), ([1, 20, 2], [-100, 20, 2]), ([1, 30, 31, 32, 2], [-100, 30, 31, 32, 2])]
-    blocks = T.pack_sequences(seqs, block=5, start=[1])
+    blocks = B.pack_sequences(seqs, block=5, start=[1])
     assert [b[0] for b in blocks] == [[1, 10, 11, 2, 1], [1, 20, 2, 1, 30], [1, 31, 32, 2]]
     assert all(b[0][0] == 1 and len(b[0]) <= 5 for b in blocks)
-    text = [t for b in blocks for t in b[1] if t != T.IGNORE]
-    assert text == [t for s in seqs for t in s[1] if t != T.IGNORE]  # every label once, in order
+    text = [t for b in blocks for t in b[1] if t != L.IGNORE]
+    assert text == [t for s in seqs for t in s[1] if t != L.IGNORE]  # every label once, in order
 
 
 def test_bucketing_covers_each_example_once_with_little_padding():
     rng = random.Random(0)
     lengths = [rng.randint(5, 100) for _ in range(203)]
-    batches = T.bucket_batches(lengths, 8, random.Random(1), window=8)
+    batches = B.bucket_batches(lengths, 8, random.Random(1), window=8)
     assert sorted(i for b in batches for i in b) == list(range(203))
     assert all(len(b) <= 8 for b in batches)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert padded / sum(lengths) < 1.15  # random batches of 8 pad ~1.5x here
-    assert T.bucket_batches(lengths, 8, random.Random(1), 8) == batches
+    assert B.bucket_batches(lengths, 8, random.Random(1), 8) == batches
 
 
 def test_collate_pads_right_and_ignores_padding():
-    b = T.collate([([5, 6, 7], [-100, 6, 7]), ([8], [8])], pad_id=0)
+    b = B.collate([([5, 6, 7], [-100, 6, 7]), ([8], [8])], pad_id=0)
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert b["n_tokens"] == 4
@@ -100,7 +103,7 @@ def test_linear_cross_entropy_matches_full_logits(softcap):
     h = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
     w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 50, (37,))
-    got = T.linear_cross_entropy(h, w, y, chunk=8, softcap=softcap)
+    got = L.linear_cross_entropy(h, w, y, chunk=8, softcap=softcap)
     got.backward()
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
@@ -115,34 +118,34 @@ def test_linear_cross_entropy_matches_full_logits(softcap):
 
 def test_linear_cross_entropy_with_frozen_weight_and_no_rows():
     w = torch.randn(10, 4)
-    assert T.linear_cross_entropy(torch.zeros(0, 4), w, torch.zeros(0, dtype=torch.long)).item() == 0.0
+    assert L.linear_cross_entropy(torch.zeros(0, 4), w, torch.zeros(0, dtype=torch.long)).item() == 0.0
     h = torch.randn(3, 4, requires_grad=True)
-    T.linear_cross_entropy(h, w, torch.tensor([1, 2, 3])).backward()
+    L.linear_cross_entropy(h, w, torch.tensor([1, 2, 3])).backward()
     assert h.grad is not None and w.grad is None
 
 
 def test_bradley_terry_loss_hand_computed():
     # pair 1: margin 1 -> log(1 + e^-1) = 0.313262; pair 2: margin 0 -> log 2 = 0.693147
-    loss = T.bradley_terry_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
+    loss = L.bradley_terry_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
     assert loss.item() == pytest.approx((math.log1p(math.exp(-1)) + math.log(2)) / 2, abs=1e-6)
-    assert T.bradley_terry_loss(torch.tensor([100.0]), torch.tensor([-100.0])).item() == pytest.approx(0.0, abs=1e-6)
+    assert L.bradley_terry_loss(torch.tensor([100.0]), torch.tensor([-100.0])).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_lr_schedule_is_linear_with_warmup():
-    assert [T.lr_at(s, 4, 1.0) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
-    assert [round(T.lr_at(s, 6, 1.0, warmup=2), 3) for s in range(4)] == [0.5, 1.0, 1.0, 0.75]
+    assert [L.lr_at(s, 4, 1.0) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert [round(L.lr_at(s, 6, 1.0, warmup=2), 3) for s in range(4)] == [0.5, 1.0, 1.0, 0.75]
 
 
 def test_causal_loss_equals_transformers_loss_on_label_positions(tok):
     from pipeline.models import load_model
 
     model, _ = load_model(TINY)
-    seqs = [T.encode_example(tok, "Translate: cat\n", "gato", 64), T.encode_example(tok, "Q: 2+2\n", "four or so", 64)]
-    b = T.collate(seqs, tok.pad_token_id)
+    seqs = [B.encode_example(tok, "Translate: cat\n", "gato", 64), B.encode_example(tok, "Q: 2+2\n", "four or so", 64)]
+    b = B.collate(seqs, tok.pad_token_id)
     with torch.no_grad():
-        mine, n = T.CausalLMLoss(model, chunk=3)(b["input_ids"], b["labels"])
+        mine, n = P.CausalLMLoss(model, chunk=3)(b["input_ids"], b["labels"])
         theirs = model(input_ids=b["input_ids"], labels=b["labels"]).loss
-    assert n.item() == sum(sum(1 for x in s[1][1:] if x != T.IGNORE) for s in seqs)
+    assert n.item() == sum(sum(1 for x in s[1][1:] if x != L.IGNORE) for s in seqs)
     assert mine.item() == pytest.approx(theirs.item(), rel=1e-5)
 
 
@@ -150,17 +153,17 @@ def test_trimmed_output_vocab_is_cross_entropy_over_the_support(tok):
     from pipeline.models import load_model
 
     model, _ = load_model(TINY)
-    seqs = [T.encode_example(tok, "Translate: cat\n", "gato", 64), T.encode_example(tok, "Q: 2+2\n", "four", 64)]
-    b = T.collate(seqs, tok.pad_token_id)
-    support = T.label_support(seqs)
-    assert support.tolist() == sorted({t for _, l in seqs for t in l if t != T.IGNORE})
-    loss = T.CausalLMLoss(model, chunk=4)
+    seqs = [B.encode_example(tok, "Translate: cat\n", "gato", 64), B.encode_example(tok, "Q: 2+2\n", "four", 64)]
+    b = B.collate(seqs, tok.pad_token_id)
+    support = P.label_support(seqs)
+    assert support.tolist() == sorted({t for _, l in seqs for t in l if t != L.IGNORE})
+    loss = P.CausalLMLoss(model, chunk=4)
     loss.set_support(support)
     with torch.no_grad():
         mine, _ = loss(b["input_ids"], b["labels"])
         logits = model(input_ids=b["input_ids"]).logits[:, :-1][:, :, support]  # (B, T-1, S)
         target = b["labels"][:, 1:]
-        keep = target != T.IGNORE
+        keep = target != L.IGNORE
         remapped = torch.searchsorted(support, target[keep])
         want = F.cross_entropy(logits[keep], remapped)
     assert mine.item() == pytest.approx(want.item(), rel=1e-5)
@@ -168,11 +171,11 @@ def test_trimmed_output_vocab_is_cross_entropy_over_the_support(tok):
 
 def test_mass_support_adds_probable_tokens_until_the_mass_is_covered():
     probs = torch.tensor([0.30, 0.05, 0.25, 0.02, 0.20, 0.18])
-    support, covered = T.mass_support(probs, torch.tensor([1]), mass=0.75, max_size=10)
+    support, covered = P.mass_support(probs, torch.tensor([1]), mass=0.75, max_size=10)
     assert support.tolist() == [0, 1, 2, 4] and covered == pytest.approx(0.80)  # 0.05 + 0.30 + 0.25 + 0.20
-    support, covered = T.mass_support(probs, torch.tensor([1]), mass=0.99, max_size=3)
+    support, covered = P.mass_support(probs, torch.tensor([1]), mass=0.99, max_size=3)
     assert support.tolist() == [0, 1, 2] and covered == pytest.approx(0.60)
-    support, covered = T.mass_support(probs, torch.tensor([0, 2]), mass=0.5, max_size=1)
+    support, covered = P.mass_support(probs, torch.tensor([0, 2]), mass=0.5, max_size=1)
     assert support.tolist() == [0, 2] and covered == pytest.approx(0.55)
 
 
@@ -276,9 +279,9 @@ def test_plain_lm_examples_are_packed_whole_and_long_ones_split(tmp_path, tok):
     s = T.settings({**FAST, "max_len": 32})
     units, counts = T.causal_units(tok, ex, s)
     assert counts["packed"] and len(units) > len(ex) and all(len(u[0]) <= 32 and u[0][0] == tok.bos_token_id for u in units)
-    labelled = sum(sum(1 for t in u[1] if t != T.IGNORE) for u in units)
-    assert labelled == sum(len(T.encode_example(tok, "", e["response"], 10**6)[0]) - 1 for e in ex)
-    bins = T.fill_bins(list(range(len(units))), [len(u[0]) for u in units], 32)
+    labelled = sum(sum(1 for t in u[1] if t != L.IGNORE) for u in units)
+    assert labelled == sum(len(B.encode_example(tok, "", e["response"], 10**6)[0]) - 1 for e in ex)
+    bins = B.fill_bins(list(range(len(units))), [len(u[0]) for u in units], 32)
     assert sorted(i for b in bins for i in b) == list(range(len(units)))
     assert all(sum(len(units[i][0]) for i in b) <= 32 for b in bins)
     m = T.train_causal_lm(TINY, ex, tmp_path / "lm", {**FAST, "max_len": 32, "batch_size": 2, "max_steps": 2})
@@ -290,10 +293,10 @@ def test_packed_row_loss_equals_separate_examples(tok):
     from pipeline.models import load_model
 
     model, _ = load_model(TINY, dtype=torch.float64)
-    units = [T.encode_example(tok, "", text, 64) for text in ("Muli bwanji?", "the house is red", "Namaste")]
-    loss = T.CausalLMLoss(model, chunk=8)
+    units = [B.encode_example(tok, "", text, 64) for text in ("Muli bwanji?", "the house is red", "Namaste")]
+    loss = P.CausalLMLoss(model, chunk=8)
     with torch.no_grad():
-        b = T.collate_packed([units], tok.pad_token_id)
+        b = B.collate_packed([units], tok.pad_token_id)
         packed, n = loss(b["input_ids"], b["labels"], b["position_ids"])
         alone = [loss(*[t[None] for t in map(torch.tensor, u)]) for u in units]
     total = sum(l * k for l, k in alone)
@@ -311,7 +314,7 @@ def test_load_trained_merges_lora_into_the_same_function(tmp_path, tok):
     merged, _ = T.load_trained(TINY, tmp_path / "o" / "adapter")
     base, _ = load_model(TINY)
     peft_model = PeftModel.from_pretrained(base, tmp_path / "o" / "adapter").eval()
-    ids = torch.tensor([T.encode_example(tok, "Translate: x\n", "y", 64)[0]])
+    ids = torch.tensor([B.encode_example(tok, "Translate: x\n", "y", 64)[0]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, peft_model(ids).logits, atol=1e-4)
         assert not torch.allclose(merged(ids).logits, load_model(TINY)[0](ids).logits, atol=1e-4)
