@@ -37,6 +37,7 @@ repro: system
 test: system
 	@if [ -n "$$POLYALIGN_MIRROR" ] && [ ! -d "$$POLYALIGN_MIRROR" ]; then echo "warning: POLYALIGN_MIRROR=$$POLYALIGN_MIRROR \
 	does not exist: sources fall back to the cache, then to downloads (offline, the tests that need data fail)" >&2; fi
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: install

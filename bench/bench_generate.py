@@ -137,8 +137,8 @@ def head_shapes(model, rows=(1, 8, 16, 256), reps: int = 3) -> dict:
         for n in rows:
             h = torch.randn(n, weight.shape[1], dtype=weight.dtype)
             times = {}
-            for name, fn in (("h_at_wt", lambda: h @ weight.t()), ("w_at_ht", lambda: (weight @ h.t()).t()),
-                             ("prescored_argmax", lambda: head.argmax(h))):
+            for name, fn in (("h_at_wt", lambda h=h: h @ weight.t()), ("w_at_ht", lambda h=h: (weight @ h.t()).t()),
+                             ("prescored_argmax", lambda h=h: head.argmax(h))):
                 fn()
                 start = time.perf_counter()
                 for _ in range(reps):

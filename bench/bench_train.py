@@ -68,8 +68,8 @@ def heldout_loss(model, tok, evals: list[dict]) -> float:
 def block_len(train: list[dict], steps: int) -> int:
     """Packed row length for one row per optimizer step holding about the Trainer's 8 sentences
     (10% slack for the greedy fill), so both runs make ~`steps` updates over the same examples."""
-    from pipeline.models import load_tokenizer
     from pipeline.batching import encode_example
+    from pipeline.models import load_tokenizer
 
     tok = load_tokenizer(MODEL)
     total = sum(len(encode_example(tok, ex["prompt"], ex["response"], MAX_LEN)[0]) for ex in train)
@@ -101,9 +101,9 @@ def run_trainer(train: list[dict], evals: list[dict], steps: int, cfg: dict) -> 
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
+    from pipeline.batching import encode_example
     from pipeline.models import load_model
     from pipeline.seeding import seed_everything
-    from pipeline.batching import encode_example
     from pipeline.train import peak_rss_gb
 
     seed_everything(SEED)

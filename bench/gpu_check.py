@@ -44,7 +44,7 @@ def measure(name: str, steps: int, batch_size: int, max_len: int, n_score: int, 
     import torch
 
     from pipeline.generate import generate_ids, text_nll_bits
-    from pipeline.models import load_model, n_parameters, materialise, ntrex_sample
+    from pipeline.models import load_model, materialise, n_parameters, ntrex_sample
     from pipeline.train import train_causal_lm
 
     texts = ntrex_sample("eng", max(64, n_score, n_gen))

@@ -83,9 +83,9 @@ def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
     width = max(len(s[0]) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
-    for row, (i, l) in enumerate(seqs):
-        ids[row, :len(i)] = torch.tensor(i)
-        labels[row, :len(l)] = torch.tensor(l)
+    for row, (seq_ids, seq_labels) in enumerate(seqs):
+        ids[row, :len(seq_ids)] = torch.tensor(seq_ids)
+        labels[row, :len(seq_labels)] = torch.tensor(seq_labels)
     return {"input_ids": ids, "labels": labels, "n_tokens": sum(len(s[0]) for s in seqs)}
 
 

@@ -49,7 +49,7 @@ class Item:
                 "repaired": self.repaired}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Item":
+    def from_json(cls, d: dict) -> Item:
         return cls(d["id"], d["topic"], d["question"], tuple((int(c), str(lab)) for c, lab in d["listed"]),
                    bool(d.get("repaired", False)))
 

@@ -24,9 +24,9 @@ import math
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from pipeline.batching import start_ids
 from pipeline.errors import PolyalignError
 from pipeline.lm_parts import lm_parts
-from pipeline.batching import start_ids
 
 
 def _device(model) -> torch.device:
@@ -60,7 +60,7 @@ def _eos_ids(model, tok) -> set[int]:
     return ids
 
 
-def _trim(new: list[int], stop: set[int], line_end: "_LineEnd | None" = None) -> list[int]:
+def _trim(new: list[int], stop: set[int], line_end: _LineEnd | None = None) -> list[int]:
     """New tokens up to and including the first stop token (what was really generated),
     or the token that ended the first non-empty line when generation stopped there."""
     seen = torch.zeros(1, dtype=torch.bool)
@@ -348,7 +348,7 @@ def _plain_sampling(model) -> bool:
     return gc is not None and all(getattr(gc, k, None) in ok for k, ok in _SAMPLE_PROCESSORS.items())
 
 
-def _argmax(head: "_Head", hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _argmax(head: _Head, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Greedy choice: hidden states (R, d) -> (R,) token ids (rows: the running rows, unused)."""
     return head.argmax(hidden)
 
@@ -391,7 +391,7 @@ class _Sampler:
         probs = probs * keep
         return ids, probs / probs.sum(-1, keepdim=True)
 
-    def __call__(self, head: "_Head", hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def __call__(self, head: _Head, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """hidden states (R, d) of the running rows (indices `rows` into the seeds) -> (R,) ids.
         With top-k, only the exact top-k logits are computed (_Head.topk): the same distribution."""
         if 0 < self.top_k < head.weight.shape[0]:
@@ -436,7 +436,7 @@ def _prefill(model, body, seqs: list[list[int]], budget: int, pad: int, copies: 
     return hidden, cache, full_mask, cache_position[-1:]
 
 
-def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], table: "_LineEnd | None",
+def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], table: _LineEnd | None,
             pad: int, pick=_argmax, copies: int = 1) -> list[list[int]]:
     """Decoding of a batch of prompts (token ids), `copies` rows each (row r continues prompt
     r // copies), that drops each row from the batch (and its KV cache) as soon as it is done:

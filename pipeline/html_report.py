@@ -18,7 +18,7 @@ import io as _io
 import math
 import re
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 import matplotlib
 

@@ -9,7 +9,6 @@ import torch
 from pipeline.errors import PolyalignError
 from pipeline.losses import IGNORE, bradley_terry_loss, linear_cross_entropy
 
-
 # Config fields that rescale logits after the output layer in some families (Cohere, Granite):
 # lm_parts has no place for them, so such models are refused rather than scored wrongly.
 _LOGIT_SCALES = ("logit_scale", "logits_scaling")

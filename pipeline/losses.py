@@ -7,7 +7,6 @@ logits never exist in full (bench/README.md: why this matters for a 262k vocabul
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipeline.config import enabled, load_params, section
 from pipeline.errors import PolyalignError
-from pipeline.packs import GithubSource, HubSource, KINDS, NpmSource, SourceSpec, load, pack_ids
+from pipeline.packs import KINDS, GithubSource, HubSource, NpmSource, SourceSpec, load, pack_ids
 from pipeline.paths import safe_join
 from pipeline.sources import resolve, sha256_path
 from pipeline.text import ntrex_pins, ntrex_source

@@ -559,7 +559,7 @@ def _dvc_stages() -> set[str]:
     from pipeline.paths import repo_root
 
     path = repo_root() / "dvc.yaml"
-    return set((load_yaml(path).get("stages") or {})) if path.exists() else set()
+    return set(load_yaml(path).get("stages") or {}) if path.exists() else set()
 
 
 def chat_signature(stage: str, tok=None) -> str:

@@ -28,8 +28,8 @@ import random
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import regex
 import sacrebleu

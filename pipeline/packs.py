@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import langcodes
 import pycountry
@@ -102,7 +102,7 @@ class LocalSource(Strict):
 
 
 SourceSpec = Annotated[
-    Union[GithubSource, HubSource, PypiSource, NpmSource, LocalSource], Field(discriminator="kind")
+    GithubSource | HubSource | PypiSource | NpmSource | LocalSource, Field(discriminator="kind")
 ]
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 from pathlib import Path
-
-import os
 
 PACKAGES = ("torch", "transformers", "peft", "sacrebleu", "fasttext", "dvc", "polyalign")
 

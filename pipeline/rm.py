@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -141,7 +141,7 @@ def group_key(pair: dict) -> str:
 
 def _unit_hash(key: str, seed: int) -> float:
     """A uniform number in [0, 1) from `key` and `seed` (stable across machines and Python runs)."""
-    digest = hashlib.sha256(f"{seed}\x1f{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

@@ -10,9 +10,8 @@ reports/scorecard.json, scorecard.md and index.html.
 
 from __future__ import annotations
 
-import math
-
 import fnmatch
+import math
 from pathlib import Path
 
 from pipeline import io

@@ -28,8 +28,8 @@ Pure functions, seeded: the same inputs give the same intervals on every machine
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats as sps

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from pipeline import io
-from pipeline.errors import PolyalignError
 from pipeline.batching import bucket_batches, collate, collate_packed, encode_example, fill_bins, pack_sequences, start_ids
+from pipeline.errors import PolyalignError
 from pipeline.lm_parts import CausalLMLoss, RewardLoss, label_support, lm_parts, mass_support, packing_honoured
 from pipeline.losses import lr_at
 

@@ -28,12 +28,13 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pipeline.errors import PolyalignError
-from pipeline.packs import LanguagePack, Translator as TranslatorSpec
+from pipeline.packs import LanguagePack
+from pipeline.packs import Translator as TranslatorSpec
 from pipeline.paths import cache_dir, data_dir, repo_root, safe_join
 from pipeline.provenance import sha256_file, sha256_text
 
@@ -376,7 +377,7 @@ def backend_for(spec: TranslatorSpec, pack: LanguagePack):
 def choose(pack: LanguagePack) -> tuple[object, list[str]]:
     """The first available backend of the pack's list, and why each earlier one was skipped."""
     skipped = []
-    for i, spec in enumerate(pack.translators):
+    for spec in pack.translators:
         backend = backend_for(spec, pack)
         ok, why = backend.available()
         if ok:

@@ -44,13 +44,13 @@ import numpy as np
 from pipeline import culture as C
 from pipeline import io, stats
 from pipeline.config import deep_merge, params_path, section
+from pipeline.culture import ALL, base_model, model_dir, pack_origin, read_inputs, survey_targets, targets_path
 from pipeline.errors import PolyalignError, did_you_mean
 from pipeline.packs import CulturePack, load_culture
 from pipeline.paths import repo_root, results_dir
 from pipeline.provenance import sha256_file, signature
 from pipeline.report import comparison, mde_for, row, write_stage
 from pipeline.sources import read
-from pipeline.culture import ALL, base_model, model_dir, pack_origin, read_inputs, survey_targets, targets_path
 
 STAGE = "culture_eval"
 SYSTEMS = ("base", "culture", "all")

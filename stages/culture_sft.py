@@ -32,8 +32,8 @@ from pipeline.errors import PolyalignError
 from pipeline.packs import CulturePack, load_culture
 from pipeline.paths import repo_root
 from pipeline.provenance import sha256_file, signature
-from pipeline.train import curve_file
 from pipeline.report import SHARED, row, write_stage
+from pipeline.train import curve_file
 
 STAGE = "culture_sft"
 ALL = C.ALL  # models/culture_all/: the model tuned on all enabled cultures

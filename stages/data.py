@@ -26,7 +26,6 @@ from pipeline.stats import stratified_sample, wilson_ci
 from pipeline.text import LID_CHOICE, choose_lid, identify_with, normalise, split_documents
 
 
-
 def parallel_rows(pack: LanguagePack, origin: str) -> list[dict]:
     """Aligned NTREX rows {doc, line, en, tgt}, NFC-normalised; lengths must agree."""
     english, target = read(pack.sources.english, origin=origin), read(pack.sources.parallel, origin=origin)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pipeline.config import section
 from pipeline.laft import base_model, corpus_path, read_corpus, shuffled, tokens_seen, train, utf8_bytes
 from pipeline.paths import repo_root
-from pipeline.train import curve_file
 from pipeline.provenance import sha256_file, signature
 from pipeline.report import row, write_stage
+from pipeline.train import curve_file
 
 COST = [("train_tokens", True), ("tokens_per_s", True), ("wall_s", False), ("final_loss", False)]
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pipeline import io
 from pipeline.config import section
 from pipeline.errors import PolyalignError
-from pipeline.laft import (clean_lines, corpus_path, drop_lines, pack_udhr_sources, read_target_text,
-                           udhr_eval_rows, utf8_bytes)
+from pipeline.laft import clean_lines, corpus_path, drop_lines, pack_udhr_sources, read_target_text, udhr_eval_rows, utf8_bytes
 from pipeline.paths import data_dir
 from pipeline.provenance import sha256_file, signature
 from pipeline.report import write_stage

@@ -29,9 +29,20 @@ from pathlib import Path
 
 from pipeline import io
 from pipeline.config import section
-from pipeline.laft import (TOKENIZER_METRICS, Scorer, base_model, bpb_rows, eval_sample, forgetting_codes,
-                           language_sets, pack_udhr_sources, rows_bytes, score_sets, tokenizer_stats,
-                           udhr_eval_rows)
+from pipeline.laft import (
+    TOKENIZER_METRICS,
+    Scorer,
+    base_model,
+    bpb_rows,
+    eval_sample,
+    forgetting_codes,
+    language_sets,
+    pack_udhr_sources,
+    rows_bytes,
+    score_sets,
+    tokenizer_stats,
+    udhr_eval_rows,
+)
 from pipeline.paths import data_dir, repo_root, results_dir
 from pipeline.provenance import sha256_file, signature
 from pipeline.report import SHARED, row, write_stage

@@ -15,12 +15,11 @@ from pathlib import Path
 
 from pipeline import io
 from pipeline.config import section
-from pipeline.provenance import signature, sha256_file
+from pipeline.paths import repo_root
+from pipeline.provenance import sha256_file, signature
 from pipeline.seeding import seed_everything
 from pipeline.sources import read
 from pipeline.text import LID_MODEL, normalise, ntrex_pins, ntrex_source, split_documents
-from pipeline.paths import repo_root
-
 
 
 def training_lines(codes: list[str], split: dict[str, str], docs: list[str], per_lang: int, seed: int) -> list[str]:

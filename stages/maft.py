@@ -26,14 +26,28 @@ from __future__ import annotations
 
 from pipeline.config import enabled, section
 from pipeline.errors import PolyalignError
-from pipeline.laft import (Scorer, base_model, bpb_rows, clean_lines, corpus_path, forgetting_codes, language_sets,
-                           ntrex_rows,
-                           read_corpus, rows_bytes, score_sets, temperature_probs, temperature_sample, tokens_seen,
-                           train, utf8_bytes)
+from pipeline.laft import (
+    Scorer,
+    base_model,
+    bpb_rows,
+    clean_lines,
+    corpus_path,
+    forgetting_codes,
+    language_sets,
+    ntrex_rows,
+    read_corpus,
+    rows_bytes,
+    score_sets,
+    temperature_probs,
+    temperature_sample,
+    tokens_seen,
+    train,
+    utf8_bytes,
+)
 from pipeline.paths import repo_root
 from pipeline.provenance import sha256_file, signature
-from pipeline.train import curve_file
 from pipeline.report import SHARED, row, write_stage
+from pipeline.train import curve_file
 
 STAGE = "maft"
 

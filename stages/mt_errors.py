@@ -28,20 +28,36 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline import io
+from pipeline import io, stats
 from pipeline.config import section
 from pipeline.errors import PolyalignError
-from pipeline import stats
-from pipeline.mt_eval import (COMET_NOT_COMPARABLE, ERROR_DOC, ERROR_TYPES, HIGHER_IS_BETTER, METRICS,
-                              MIN_CORR_POINTS, THRESHOLDS, comet_covers, comet_scores, correlation_ci,
-                              doc_delta, doc_divergence, doc_scores, domain_divergence, error_rates,
-                              primary_error, sentence_chrf, sentence_errors, strongest)
-from pipeline.packs import LanguagePack, Translator as TranslatorSpec, load_language
+from pipeline.mt_eval import (
+    COMET_NOT_COMPARABLE,
+    ERROR_DOC,
+    ERROR_TYPES,
+    HIGHER_IS_BETTER,
+    METRICS,
+    MIN_CORR_POINTS,
+    THRESHOLDS,
+    comet_covers,
+    comet_scores,
+    correlation_ci,
+    doc_delta,
+    doc_divergence,
+    doc_scores,
+    domain_divergence,
+    error_rates,
+    primary_error,
+    sentence_chrf,
+    sentence_errors,
+    strongest,
+)
+from pipeline.packs import LanguagePack, load_language
+from pipeline.packs import Translator as TranslatorSpec
 from pipeline.paths import data_dir, repo_root, results_dir
 from pipeline.provenance import sha256_file, sha256_text, signature
 from pipeline.report import comparison, lid_note, mde_for, row, write_stage
-from pipeline.translate import (BACKWARD, FORWARD, MIN_LID_LETTERS, LlmIcl, Translator, backend_for,
-                                default_lang_check, letters)
+from pipeline.translate import BACKWARD, FORWARD, MIN_LID_LETTERS, LlmIcl, Translator, backend_for, default_lang_check, letters
 
 STAGE = "mt_errors"
 DIRS = {"en-xx": FORWARD, "xx-en": BACKWARD}

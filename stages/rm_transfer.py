@@ -32,7 +32,7 @@ from pipeline.config import deep_merge, section
 from pipeline.errors import PolyalignError
 from pipeline.packs import LanguagePack, load_language
 from pipeline.paths import data_dir, repo_root, results_dir
-from pipeline.provenance import signature, sha256_text
+from pipeline.provenance import sha256_text, signature
 from pipeline.report import SHARED, comparison, lid_note, mde_for, row, write_stage
 from pipeline.rm import base_model, load_reward_model, rm_dir, scorer, splits_dir
 from pipeline.stats import bootstrap_ci, paired_delta, wilson_ci

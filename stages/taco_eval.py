@@ -47,8 +47,7 @@ from pipeline.provenance import sha256_file, signature
 from pipeline.report import comparison, lid_note, mde_for, row, write_stage
 from pipeline.sources import read
 from pipeline.stats import bootstrap_ci, paired_delta, stratified_sample, wilson_ci
-from pipeline.taco import (budget_info, chrf, context_length, markers, parse_plain, parse_taco, prompts_for, sft_dir,
-                           templates_of)
+from pipeline.taco import budget_info, chrf, context_length, markers, parse_plain, parse_taco, prompts_for, sft_dir, templates_of
 
 STAGE = "taco_eval"
 SYSTEMS = ("base", "plain", "taco")

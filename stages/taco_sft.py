@@ -76,8 +76,8 @@ def fitting(base: str, samples: list[dict], max_len: int) -> tuple[list[dict], i
     The trainer would cut a too-long response from the right, which removes exactly the
     target-language answer TaCo is about; such samples are dropped for both adapters and counted.
     """
-    from pipeline.models import load_tokenizer
     from pipeline.batching import encode_example
+    from pipeline.models import load_tokenizer
 
     tok = load_tokenizer(base)
     size = [len(encode_example(tok, s["taco"]["prompt"], s["taco"]["response"], 10**9)[0]) for s in samples]

@@ -15,8 +15,8 @@ import transformers as T
 
 from pipeline import models
 from pipeline.generate import _encode_prompt, _eos_ids, _trim, generate_ids, sum_logprobs
-from pipeline.losses import IGNORE
 from pipeline.lm_parts import CausalLMLoss, lm_parts, packing_honoured
+from pipeline.losses import IGNORE
 from pipeline.train import train_causal_lm
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)

@@ -25,7 +25,7 @@ def _truncate(path, keep: float = 0.5) -> None:
         f.truncate(int(path.stat().st_size * keep))
 
 
-def _tiny_in(cache) -> "os.PathLike":
+def _tiny_in(cache) -> os.PathLike:
     """tiny-random in `cache`: copied from the user's cache when built there (saves a ~12 s build)."""
     import shutil
 

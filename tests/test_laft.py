@@ -9,8 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline import laft
+from pipeline import io, laft
 
 
 # --------------------------------------------------------------------------- cleaning

@@ -92,9 +92,7 @@ def test_gemma_tokenizer_round_trips_and_matches_sentencepiece(gemma_tok, code):
     import sentencepiece as spm
 
     from pipeline.sources import read
-    from pipeline.text import ntrex_source
-
-    from pipeline.text import normalise
+    from pipeline.text import normalise, ntrex_source
 
     tok, proto = gemma_tok
     # normalised as data@<lang> does: raw NTREX has a few double spaces, where HF matches
@@ -211,9 +209,9 @@ def chat_repo(repo_copy, tmp_path):
 
 
 def test_chat_template_wraps_prompts_of_chosen_stages(chat_repo):
+    from pipeline.batching import encode_example
     from pipeline.generate import _encode_prompt
     from pipeline.provenance import signature
-    from pipeline.batching import encode_example
 
     models.set_stage("taco_sft")
     plain = models.load_tokenizer(str(chat_repo))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipeline import generate as G
-from pipeline.lm_parts import lm_parts
 from pipeline.batching import start_ids
+from pipeline.lm_parts import lm_parts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 
 from pipeline import io
+from pipeline import taco as pt
 from pipeline.errors import PolyalignError
 from pipeline.packs import Template, load_language
 from pipeline.translate import FORWARD, Translator
-from pipeline import taco as pt
 from stages import taco_data as td
 
 CFG = {"split_salt": "taco_split_v1", "heldout_fraction": 0.25, "max_chars": 2000, "max_instructions": 16,

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from pipeline import train as T
 from pipeline import batching as B
 from pipeline import lm_parts as P
 from pipeline import losses as L
+from pipeline import train as T
 
 TINY = "tiny-random"
 FAST = {"batch_size": 4, "max_len": 64, "progress": False, "checkpoint_every": 0, "lr": 1e-3}
@@ -57,7 +57,8 @@ def test_plain_lm_example_labels_every_text_token(tok):
 
 def test_truncation_cuts_the_response_and_drops_prompt_only_examples(tok):
     ids, labels = B.encode_example(tok, "a b c", "d e f g h i j k l", max_len=6)
-    assert len(ids) == 6 and labels.count(L.IGNORE) == len(B.start_ids(tok)) + len(tok("a b c", add_special_tokens=False)["input_ids"])
+    prompt_len = len(tok("a b c", add_special_tokens=False)["input_ids"])
+    assert len(ids) == 6 and labels.count(L.IGNORE) == len(B.start_ids(tok)) + prompt_len
     assert B.encode_example(tok, "a b c d e f g h", "x", max_len=4) is None
 
 
@@ -156,7 +157,7 @@ def test_trimmed_output_vocab_is_cross_entropy_over_the_support(tok):
     seqs = [B.encode_example(tok, "Translate: cat\n", "gato", 64), B.encode_example(tok, "Q: 2+2\n", "four", 64)]
     b = B.collate(seqs, tok.pad_token_id)
     support = P.label_support(seqs)
-    assert support.tolist() == sorted({t for _, l in seqs for t in l if t != L.IGNORE})
+    assert support.tolist() == sorted({t for _, labs in seqs for t in labs if t != L.IGNORE})
     loss = P.CausalLMLoss(model, chunk=4)
     loss.set_support(support)
     with torch.no_grad():
@@ -241,7 +242,7 @@ def test_full_finetuning_learns_a_repeated_example(tmp_path):
     # (tiny-random's LoRA alone barely moves: its frozen random embeddings cap the logits near uniform)
     ex = [{"prompt": "Say: ", "response": "the same sentence every time"}] * 16
     T.train_causal_lm(TINY, ex, tmp_path / "o", {**FAST, "epochs": 4, "lr": 1e-2, "full_finetune": True})
-    losses = [float(l.split("\t")[2]) for l in (tmp_path / "o" / "curve.tsv").read_text().splitlines()[1:]]
+    losses = [float(line.split("\t")[2]) for line in (tmp_path / "o" / "curve.tsv").read_text().splitlines()[1:]]
     assert losses[-1] < losses[0] * 0.5
     assert (tmp_path / "o" / "adapter" / "model.safetensors").exists()
 
@@ -299,7 +300,7 @@ def test_packed_row_loss_equals_separate_examples(tok):
         b = B.collate_packed([units], tok.pad_token_id)
         packed, n = loss(b["input_ids"], b["labels"], b["position_ids"])
         alone = [loss(*[t[None] for t in map(torch.tensor, u)]) for u in units]
-    total = sum(l * k for l, k in alone)
+    total = sum(loss_k * k for loss_k, k in alone)
     assert n.item() == sum(k.item() for _, k in alone)
     assert (packed * n).item() == pytest.approx(total.item(), rel=1e-9)
     assert b["position_ids"][0].tolist()[:len(units[0][0]) + 1] == list(range(len(units[0][0]))) + [0]

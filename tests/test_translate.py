@@ -7,9 +7,23 @@ import shutil
 import pytest
 
 from pipeline.errors import PolyalignError
-from pipeline.packs import Translator as Spec, load_language
-from pipeline.translate import (BACKWARD, FORWARD, Apertium, Cache, FileTranslator, HubMt, LlmIcl, Translator,
-                                choose, first_line, judge, reassemble, segments_of)
+from pipeline.packs import Translator as Spec
+from pipeline.packs import load_language
+from pipeline.translate import (
+    BACKWARD,
+    FORWARD,
+    Apertium,
+    Cache,
+    FileTranslator,
+    HubMt,
+    LlmIcl,
+    Translator,
+    choose,
+    first_line,
+    judge,
+    reassemble,
+    segments_of,
+)
 
 
 class FakeBackend:

@@ -20,9 +20,8 @@ def build_tiny_comet(root: Path, lines: list[str], *, vocab_size: int = 400, see
     import pytorch_lightning as ptl
     import sentencepiece as spm
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaTokenizer, XLMRobertaTokenizerFast
-
     from comet.models import RegressionMetric
+    from transformers import XLMRobertaConfig, XLMRobertaTokenizer, XLMRobertaTokenizerFast
 
     torch.manual_seed(seed)
     encoder = root / "encoder"
