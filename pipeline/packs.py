@@ -150,16 +150,39 @@ class Translator(Strict):
     path: str | None = None  # file: repository-relative TSV of source<TAB>translation
 
 
-class Template(Strict):
-    id: str
-    text: str
+def _versioned(value: str) -> str:
+    if not TEMPLATE_ID.match(value):
+        raise ValueError(f"template id '{value}' must be snake_case ending in _v<N>, e.g. '{value}_v1'")
+    return value
 
-    @field_validator("id")
-    @classmethod
-    def _versioned(cls, value: str) -> str:
-        if not TEMPLATE_ID.match(value):
-            raise ValueError(f"template id '{value}' must be snake_case ending in _v<N>, e.g. '{value}_v1'")
-        return value
+
+def _bcp47(value: str) -> str:
+    if not langcodes.tag_is_valid(value):
+        raise ValueError(f"'{value}' is not a valid BCP-47 tag")
+    return value
+
+
+def _iso639_3(value: str) -> str:
+    if pycountry.languages.get(alpha_3=value) is None:
+        raise ValueError(f"'{value}' is not an ISO 639-3 code")
+    return value
+
+
+def _iso15924(value: str) -> str:
+    if pycountry.scripts.get(alpha_4=value) is None:
+        raise ValueError(f"'{value}' is not an ISO 15924 script code")
+    return value
+
+
+TemplateId = Annotated[str, AfterValidator(_versioned)]
+Bcp47Tag = Annotated[str, AfterValidator(_bcp47)]
+Iso639_3 = Annotated[str, AfterValidator(_iso639_3)]
+Iso15924 = Annotated[str, AfterValidator(_iso15924)]
+
+
+class Template(Strict):
+    id: TemplateId
+    text: str
 
 
 class LanguageSources(Strict):
@@ -175,9 +198,9 @@ class LanguageSources(Strict):
 
 class LanguagePack(Strict):
     id: str
-    bcp47: str
-    iso639_3: str
-    script: str
+    bcp47: Bcp47Tag
+    iso639_3: Iso639_3
+    script: Iso15924
     name: str
     autonym: str
     direction: Literal["ltr", "rtl"]
@@ -191,26 +214,6 @@ class LanguagePack(Strict):
     review: list[str] = []  # fields the scaffold could not fill from data; a person checks them
     licence_notes: str
 
-    @field_validator("bcp47")
-    @classmethod
-    def _bcp47(cls, value: str) -> str:
-        if not langcodes.tag_is_valid(value):
-            raise ValueError(f"'{value}' is not a valid BCP-47 tag")
-        return value
-
-    @field_validator("iso639_3")
-    @classmethod
-    def _iso639_3(cls, value: str) -> str:
-        if pycountry.languages.get(alpha_3=value) is None:
-            raise ValueError(f"'{value}' is not an ISO 639-3 code")
-        return value
-
-    @field_validator("script")
-    @classmethod
-    def _iso15924(cls, value: str) -> str:
-        if pycountry.scripts.get(alpha_4=value) is None:
-            raise ValueError(f"'{value}' is not an ISO 15924 script code")
-        return value
 
 
 # --------------------------------------------------------------------------- culture packs
@@ -225,15 +228,8 @@ class Survey(Strict):
 class Blend(Strict):
     questions: Source
     annotations: Source
-    local_language: str  # BCP-47 tag of BLEnD's local-language questions
+    local_language: Bcp47Tag  # BCP-47 tag of BLEnD's local-language questions
     prompts: Source | None = None  # BLEnD's prompt file: the same instruction in English and locally
-
-    @field_validator("local_language")
-    @classmethod
-    def _tag(cls, value: str) -> str:
-        if not langcodes.tag_is_valid(value):
-            raise ValueError(f"'{value}' is not a valid BCP-47 tag")
-        return value
 
 
 class CulturePack(Strict):

@@ -29,11 +29,7 @@ def run(out: Path | None = None) -> dict:
     return result
 
 
-def main(argv=None) -> int:
+if __name__ == "__main__":
     from stages._cli import stage_main
 
-    return stage_main(run, "record what the configured model names resolve to", pack=False, argv=argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_main(run, "record what the configured model names resolve to", pack=False))
