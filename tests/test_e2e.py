@@ -68,7 +68,8 @@ def test_every_metric_file_has_signature(smoke_repo):
         data = json.loads(f.read_text())
         assert isinstance(data.get("signature"), str) and "torch:" in data["signature"], f
         if f.name.count(".") == 1:  # <stage>.json: DVC metrics, flat numbers; <stage>.<part>.json: details
-            assert all(isinstance(v, (int, float)) for k, v in data.items() if k != "signature"), f
+            assert all(isinstance(v, (int, float)) for k, v in data.items() if k not in ("signature", "settings")), f
+            assert "settings" not in data or isinstance(data["settings"], dict), f   # resolved params the stage read
 
 
 def test_second_repro_changes_nothing(smoke_repo):
