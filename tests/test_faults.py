@@ -85,7 +85,7 @@ def test_truncated_translation_cache_is_rebuilt(own_cache, capsys):
 
 # --------------------------------------------------------------------------- dvc on a smoke subset
 # One language (glg) and one training stage (laft@glg with its upstream: model, lid, data,
-# laft_corpus). laft runs 24 steps here instead of the smoke profile's 2, checkpointing every
+# laft_corpus). laft runs 48 steps here instead of the smoke profile's 2, checkpointing every
 # 4, so that it can be killed mid-run after a checkpoint; everything else is the smoke profile.
 GUARD = os.path.join(os.path.dirname(__file__), "helpers", "offline_guard")
 TIMING = ("_s", "seconds", "per_s", "session_tokens", "resumed", "peak_rss")  # differ run to run by nature
@@ -97,7 +97,7 @@ def _fault_params(repo, checkpoints) -> None:
     _smoke_params(repo)
     text = (repo / "params.yaml").read_text()
     text = text.replace("    laft: {max_steps: 2, batch_size: 2, max_len: 64}",
-                        "    laft: {max_steps: 24, batch_size: 2, max_len: 64}\n"
+                        "    laft: {max_steps: 48, batch_size: 2, max_len: 64}\n"
                         f"    train: {{checkpoint_every: 4, resume: true, checkpoint_dir: '{checkpoints}'}}")
     assert "checkpoint_every: 4" in text, "profiles.smoke.laft changed: update _fault_params"
     (repo / "params.yaml").write_text(text)
