@@ -183,3 +183,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "scorecard_shared": [],
     "compare": ["languages", "cultures"],
 }
+
+
+def base_model(cfg: dict) -> str:
+    """A stage section's `base` if set, else the project's base model (`model.base`)."""
+    return cfg.get("base") or section("model")["base"]

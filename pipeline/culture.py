@@ -714,8 +714,3 @@ def model_dir(pack_id: str) -> Path:
     return repo_root() / "models" / (ALL if pack_id == ALL else f"{pack_id}/culture_sft")
 
 
-def base_model(sft_cfg: dict) -> str:
-    """culture.sft.base, or model.base when it is null."""
-    from pipeline.config import section
-
-    return sft_cfg.get("base") or section("model")["base"]

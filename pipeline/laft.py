@@ -309,13 +309,6 @@ def tokens_seen(tok, examples: list[dict], langs: Sequence[str], cfg: dict) -> d
 OWN_KEYS = {"base", "min_tokens", "temperature", "examples", "high_resource", "udhr_heldout"}
 
 
-def base_model(cfg: dict) -> str:
-    """`<section>.base` if set, else the project's base model (`model.base`)."""
-    from pipeline.config import section
-
-    return cfg.get("base") or section("model")["base"]
-
-
 def train_cfg(cfg: dict) -> dict:
     """The pipeline.train settings of a laft/maft section (its own keys removed)."""
     return {k: v for k, v in cfg.items() if k not in OWN_KEYS}

@@ -305,13 +305,6 @@ def splits_dir() -> Path:
     return data_dir("_shared") / "rm"
 
 
-def base_model(cfg: dict) -> str:
-    """`rm_train.base` if set, else the project's base model (`model.base`)."""
-    from pipeline.config import section
-
-    return cfg.get("base") or section("model")["base"]
-
-
 def load_reward_model(base: str, adapter: Path):
     """The trained reward model (seq-classification head + LoRA) and its tokenizer."""
     from pipeline.train import load_trained

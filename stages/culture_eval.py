@@ -43,8 +43,8 @@ import numpy as np
 
 from pipeline import culture as C
 from pipeline import io, stats
-from pipeline.config import deep_merge, params_path, section
-from pipeline.culture import ALL, base_model, model_dir, pack_origin, read_inputs, survey_targets, targets_path
+from pipeline.config import base_model, deep_merge, params_path, section
+from pipeline.culture import ALL, model_dir, pack_origin, read_inputs, survey_targets, targets_path
 from pipeline.errors import PolyalignError, did_you_mean
 from pipeline.packs import CulturePack, load_culture
 from pipeline.paths import repo_root, results_dir

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pipeline import culture as C
 from pipeline import io
-from pipeline.config import deep_merge, enabled, section
+from pipeline.config import base_model, deep_merge, enabled, section
 from pipeline.errors import PolyalignError
 from pipeline.packs import CulturePack, load_culture
 from pipeline.paths import repo_root
@@ -38,7 +38,7 @@ from pipeline.train import curve_file
 STAGE = "culture_sft"
 ALL = C.ALL  # models/culture_all/: the model tuned on all enabled cultures
 OWN_KEYS = {"base", "target"}  # culture.sft keys that are not pipeline.train settings
-model_dir, base_model, read_inputs = C.model_dir, C.base_model, C.read_inputs
+model_dir, read_inputs = C.model_dir, C.read_inputs
 aug_path, targets_path = C.aug_path, C.targets_path
 
 

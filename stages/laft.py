@@ -12,8 +12,8 @@ results/<lang>/laft.{json,rows.json} (training cost).
 
 from __future__ import annotations
 
-from pipeline.config import section
-from pipeline.laft import base_model, corpus_path, read_corpus, shuffled, tokens_seen, train, utf8_bytes
+from pipeline.config import base_model, section
+from pipeline.laft import corpus_path, read_corpus, shuffled, tokens_seen, train, utf8_bytes
 from pipeline.paths import repo_root
 from pipeline.provenance import sha256_file, signature
 from pipeline.report import row, write_stage

@@ -28,11 +28,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import io
-from pipeline.config import section
+from pipeline.config import base_model, section
 from pipeline.laft import (
     TOKENIZER_METRICS,
     Scorer,
-    base_model,
     bpb_rows,
     eval_sample,
     forgetting_codes,

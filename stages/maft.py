@@ -24,11 +24,10 @@ report.SHARED: these rows belong to no single language). DVC reruns it when `lan
 
 from __future__ import annotations
 
-from pipeline.config import enabled, section
+from pipeline.config import base_model, enabled, section
 from pipeline.errors import PolyalignError
 from pipeline.laft import (
     Scorer,
-    base_model,
     bpb_rows,
     clean_lines,
     corpus_path,

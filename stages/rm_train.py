@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from pipeline import io, rm
-from pipeline.config import params_path, section
+from pipeline.config import base_model, params_path, section
 from pipeline.errors import PolyalignError
 from pipeline.packs import Source
 from pipeline.paths import results_dir
@@ -209,7 +209,7 @@ def run() -> None:
 
     cfg = section(STAGE)
     check(cfg)
-    base = rm.base_model(cfg)
+    base = base_model(cfg)
     metrics, rows, hashes, curves = {}, [], {}, []
     with io.atomic_path(rm.rm_dir()) as models_tmp, io.atomic_path(rm.splits_dir()) as splits_tmp:
         for name, src in cfg["sources"].items():

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import io, rm
-from pipeline.config import deep_merge, section
+from pipeline.config import base_model, deep_merge, section
 from pipeline.errors import PolyalignError
 from pipeline.packs import LanguagePack, load_language
 from pipeline.paths import data_dir, repo_root, results_dir
 from pipeline.provenance import sha256_text, signature
 from pipeline.report import SHARED, comparison, lid_note, mde_for, row, write_stage
-from pipeline.rm import base_model, load_reward_model, rm_dir, scorer, splits_dir
+from pipeline.rm import load_reward_model, rm_dir, scorer, splits_dir
 from pipeline.stats import bootstrap_ci, paired_delta, wilson_ci
 from pipeline.taco import budget_info, context_length, cut_runaway, markers, parse_taco, prompts_for, sft_dir
 
