@@ -161,9 +161,6 @@ def cluster_ratio_ci(num: Sequence[float], den: Sequence[float], clusters: Seque
     return _sum_boot(cols, clusters, _mean_of_sums, n_boot, alpha, seed)
 
 
-def bootstrap_ratio_ci(num: Sequence[float], den: Sequence[float], *, clusters: Sequence | None = None,
-                       **kw) -> Interval:
-    return cluster_ratio_ci(num, den, clusters, **kw)
 
 
 def paired_delta(a: Sequence[float], b: Sequence[float], clusters: Sequence | None = None,
@@ -179,10 +176,6 @@ def paired_delta(a: Sequence[float], b: Sequence[float], clusters: Sequence | No
                  kw.get("n_boot", N_BOOT), kw.get("alpha", ALPHA), kw.get("seed", 0))
 
 
-def paired_delta_ci(a: Sequence[float], b: Sequence[float], **kw) -> Interval:
-    """mean(a - b) with its interval; `clusters=` resamples documents whole."""
-    clusters = kw.pop("clusters", None)
-    return paired_delta(a, b, clusters, **kw)
 
 
 def paired_ratio_delta(num_a: Sequence[float], den_a: Sequence[float], num_b: Sequence[float],

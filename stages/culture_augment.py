@@ -48,12 +48,10 @@ STAGE = "culture_augment"
 
 # --------------------------------------------------------------------------- paths and inputs
 # shared with culture_sft and culture_eval, so they live in pipeline.culture
-culture_data_dir, targets_path, aug_path = C.culture_data_dir, C.targets_path, C.aug_path
-pack_origin, survey_targets = C.pack_origin, C.survey_targets
 
 
 def respondents(pack: CulturePack) -> int:
-    return sum(C.is_respondent(r) for r in read(pack.survey.answers, origin=pack_origin(pack.id)))
+    return sum(C.is_respondent(r) for r in read(pack.survey.answers, origin=C.pack_origin(pack.id)))
 
 
 def source_path(spec: dict, field: str) -> Path:
@@ -221,12 +219,12 @@ def stage_rows(pack_id: str, metrics: dict, per_seed: list[int]) -> list[dict]:
 def run(pack_id: str) -> None:
     t0 = time.time()
     pack, cfg = load_culture(pack_id), section("culture")["augment"]
-    targets = survey_targets(pack)
-    io.write_json(targets_path(pack_id), targets)
+    targets = C.survey_targets(pack)
+    io.write_json(C.targets_path(pack_id), targets)
     seeds = training_seeds(targets, cfg.get("max_seeds"))
     n = dict.fromkeys(COUNTS, 0)
     rows = augment(seeds, cfg, pack.templates["paraphrase"].text, n)
-    io.write_jsonl(aug_path(pack_id), rows)
+    io.write_jsonl(C.aug_path(pack_id), rows)
     per_seed = [sum(r["item"] == s and r["source"] != "seed" for r in rows) for s in seeds]
     metrics = {"respondents": respondents(pack), **target_metrics(targets), "seeds": len(seeds), **n,
                "examples": len(rows), "augmented_mean_similarity":
@@ -234,7 +232,7 @@ def run(pack_id: str) -> None:
                "wall_s": round(time.time() - t0, 1)}
     sig = signature(stage=STAGE, pack=pack_id, generator=generator_name(cfg), cfg=cfg,
                     templates={k: pack.templates[k].id for k in ("paraphrase",)},
-                    targets=sha256_file(targets_path(pack_id))[:12])
+                    targets=sha256_file(C.targets_path(pack_id))[:12])
     write_stage(pack_id, STAGE, metrics, stage_rows(pack_id, metrics, per_seed), sig)
 
 

@@ -38,8 +38,6 @@ from pipeline.train import curve_file
 STAGE = "culture_sft"
 ALL = C.ALL  # models/culture_all/: the model tuned on all enabled cultures
 OWN_KEYS = {"base", "target"}  # culture.sft keys that are not pipeline.train settings
-model_dir, read_inputs = C.model_dir, C.read_inputs
-aug_path, targets_path = C.aug_path, C.targets_path
 
 
 def train_cfg(cfg: dict) -> dict:
@@ -99,20 +97,20 @@ def train_rows(pack: str, metrics: dict, target: str, stage: str = STAGE) -> lis
 
 def run(pack_id: str) -> None:
     pack, cfg = load_culture(pack_id), section("culture")["sft"]
-    targets, aug = read_inputs(pack_id)
+    targets, aug = C.read_inputs(pack_id)
     examples = build_examples(pack, targets, aug, cfg["target"], cfg.get("seed", 0))
     base = base_model(cfg)
-    metrics = train(base, examples, model_dir(pack_id), {**cfg, "curve_file": curve_file(pack_id, STAGE)})
+    metrics = train(base, examples, C.model_dir(pack_id), {**cfg, "curve_file": curve_file(pack_id, STAGE)})
     metrics = {"examples": len(examples), "items": len({e["item"] for e in examples}), **metrics}
     sig = signature(stage=STAGE, pack=pack_id, base=base, cfg=cfg, target=cfg["target"],
                     templates={k: pack.templates[k].id for k in ("system", "survey")},
-                    aug=sha256_file(aug_path(pack_id))[:12])
+                    aug=sha256_file(C.aug_path(pack_id))[:12])
     write_stage(pack_id, STAGE, metrics, train_rows(pack_id, metrics, cfg["target"]), sig)
 
 
 def heldout_anywhere(culture_ids: list[str]) -> set[str]:
     """Items held out by any of these cultures (the all-cultures model must not see them)."""
-    return {t["id"] for c in culture_ids for t in read_inputs(c)[0] if t["split"] == "heldout"}
+    return {t["id"] for c in culture_ids for t in C.read_inputs(c)[0] if t["split"] == "heldout"}
 
 
 def run_all() -> None:
@@ -122,13 +120,13 @@ def run_all() -> None:
     exclude = heldout_anywhere(cultures)
     examples = []
     for c in cultures:
-        targets, aug = read_inputs(c)
+        targets, aug = C.read_inputs(c)
         examples += build_examples(load_culture(c), targets, aug, cfg["target"], cfg.get("seed", 0), exclude)
     base = base_model(cfg)
-    metrics = train(base, examples, model_dir(ALL), {**cfg, "curve_file": curve_file(SHARED, "culture_sft_all")})
+    metrics = train(base, examples, C.model_dir(ALL), {**cfg, "curve_file": curve_file(SHARED, "culture_sft_all")})
     metrics = {"examples": len(examples), "cultures": len(cultures), "items_excluded": len(exclude), **metrics}
     sig = signature(stage="culture_sft_all", cultures=",".join(cultures), base=base, cfg=cfg,
-                    **{f"aug_{c}": sha256_file(aug_path(c))[:12] for c in cultures})
+                    **{f"aug_{c}": sha256_file(C.aug_path(c))[:12] for c in cultures})
     # training rows once, under _shared; its held-out scores are per culture (culture_eval@<C>)
     write_stage(SHARED, "culture_sft_all", metrics, train_rows(SHARED, metrics, cfg["target"], "culture_sft_all"), sig)
 

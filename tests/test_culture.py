@@ -62,7 +62,7 @@ def test_distribution_matches_an_independent_count():
     missing = sum(1 for r in people if r[col].startswith("-"))
     assert sum(expected) + missing == len(people) == 1200
 
-    target = {t["id"]: t for t in A.survey_targets(pack)}["Q28"]
+    target = {t["id"]: t for t in C.survey_targets(pack)}["Q28"]
     assert target["counts"] == expected
     assert target["n"] == sum(expected) and target["missing"] == missing and target["invalid"] == 0
     assert target["dist"] == pytest.approx([e / sum(expected) for e in expected])
@@ -123,7 +123,7 @@ def test_battery_split_never_straddles_and_is_deterministic():
 
 @needs_mirror
 def test_culture_targets_hold_out_whole_batteries():
-    targets = A.survey_targets(load_culture("gr"))
+    targets = C.survey_targets(load_culture("gr"))
     side = {}
     for t in targets:
         side.setdefault(t["battery"], set()).add(t["split"])
