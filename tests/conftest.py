@@ -14,10 +14,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Outputs of a run that git keeps (results/, reports/, dvc.lock): a test copy starts without them,
+# as a clone that has never run would.
+RUN_OUTPUTS = ("results/", "reports/", "dvc.lock")
+
+
 def tracked_files(root: Path = REPO) -> list[str]:
+    """The repository's source files: tracked or new, not ignored, without the committed run outputs."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True,
                          text=True, check=True).stdout
-    return [line for line in out.splitlines() if (root / line).is_file()]
+    return [line for line in out.splitlines()
+            if (root / line).is_file() and not line.startswith(RUN_OUTPUTS)]
 
 
 @pytest.fixture
