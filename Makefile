@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install system repro test test-slow bench doctor clean
+.PHONY: install system browser repro test test-slow bench doctor clean
 
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,19 @@ system: install
 	    || echo "warning: could not install $$pkgs; see 'polyalign doctor'"; \
 	elif [ -n "$$pkgs" ]; then echo "not installing $$pkgs (needs Debian and root); see 'polyalign doctor'"; fi
 
+# A headless browser for the tests that render reports/index.html and `dvc plots show` pages
+# (they skip, saying so, where none can be installed).
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing: chromium"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "warning: could not install chromium; the browser checks will be skipped"; fi
+
 repro: system
 	$(BIN)/dvc repro
 
 # Sources resolve mirror (POLYALIGN_MIRROR, optional) -> cache -> download (docs/mirror.md).
-test: system
+test: system browser
 	@if [ -n "$$POLYALIGN_MIRROR" ] && [ ! -d "$$POLYALIGN_MIRROR" ]; then echo "warning: POLYALIGN_MIRROR=$$POLYALIGN_MIRROR \
 	does not exist: sources fall back to the cache, then to downloads (offline, the tests that need data fail)" >&2; fi
 	$(BIN)/ruff check .

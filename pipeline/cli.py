@@ -207,6 +207,17 @@ def compare(pack: str = typer.Option(None, help="only this pack"),
         _fail(exc)
 
 
+@app.command("plots-template")
+def plots_template() -> None:
+    """Print the path of an HTML template for `dvc plots show --html-template` that needs no CDN."""
+    from pipeline.plots import offline_template
+
+    try:
+        print(offline_template())
+    except PolyalignError as exc:
+        _fail(exc)
+
+
 @mirror_app.command("fetch")
 def mirror_fetch(dest: Path = typer.Argument(..., help="mirror folder to create or complete"),
                  every_pack: bool = typer.Option(False, "--all", help="every pack on disk, not only the enabled ones"),

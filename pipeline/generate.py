@@ -19,7 +19,9 @@ and runs a context shared by several targets (answer options) once.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -27,6 +29,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from pipeline.batching import start_ids
 from pipeline.errors import PolyalignError
 from pipeline.lm_parts import lm_parts
+
+log = logging.getLogger("polyalign.generate")
 
 
 def _device(model) -> torch.device:
@@ -547,7 +551,9 @@ def generate_ids(model, tok, prompts: list[str], *, max_new_tokens: int | list[i
     out: list = [None] * len(encoded)
     sample = dict(temperature=temperature, top_p=top_p, seed=seed) if do_sample else None
     table = _line_end(tok, model) if stop_after_first_line else None
-    starts = range(0, len(order), batch_size)
+    starts, began = range(0, len(order), batch_size), time.perf_counter()
+    log.info("decoding %d prompts x %d (%s, up to %d new tokens, batch %d)", len(prompts), num_return_sequences,
+             "sampled" if do_sample else "greedy", max(budgets, default=0), batch_size)
     for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None)):
         idx = order[start:start + batch_size]
         with _TallHead(model):
@@ -559,6 +565,8 @@ def generate_ids(model, tok, prompts: list[str], *, max_new_tokens: int | list[i
         for k, i in enumerate(idx):
             rows = new[k * num_return_sequences:(k + 1) * num_return_sequences]
             out[i] = [_trim(r[:budgets[i]], stop, table) for r in rows]
+    made = sum(len(r) for rows in out for r in rows)
+    log.info("decoded %d new tokens in %.1f s", made, time.perf_counter() - began)
     return out
 
 
@@ -700,6 +708,7 @@ def sum_logprobs(model, items: list[tuple[list[int], list[int]]], batch_size: in
         raise PolyalignError("(tokenizer)", "bos_token", "no start token to condition the first token on",
                              "use a tokenizer with a BOS or EOS token")
     groups, rest = _context_groups(body, pieces, max_len) if share_contexts else ([], pieces)
+    log.info("scoring %d items (%d windows, %d shared contexts)", len(items), len(pieces), len(groups))
     totals = [0.0] * len(items)
     rest.sort(key=lambda p: -(len(p[1]) + len(p[2])))
     for start in range(0, len(rest), batch_size):

@@ -8,6 +8,7 @@ Each stage writes, atomically:
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -213,6 +214,7 @@ def write_stage(pack: str, stage: str, metrics: dict, rows: list[dict], signatur
 
     # `settings`: every params section the stage read, resolved (profile and shared train applied)
     io.write_json(metrics_path, {**flat_metrics(metrics, signature), "settings": settings_read()})
+    logging.getLogger("polyalign.report").info("wrote %s and %d scorecard rows", metrics_path.name, len(rows))
 
 
 LID_MIN_ACCURACY = 0.95  # docs/contracts.md: a language identifier under this gets a note

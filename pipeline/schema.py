@@ -60,6 +60,8 @@ class TrainSettings(Strict):
     order: Literal["shuffle", "given"] | None = F(None, "shuffle batches, or keep the given (curriculum) order")
     bucket_window: int | None = F(None, "batches per sorted window when length-bucketing", gt=0)
     progress: bool | None = F(None, "show a progress bar")
+    log_with: Literal["none", "dvclive", "tensorboard", "wandb", "mlflow"] | None = F(
+        None, "experiment tracker fed through accelerate each optimizer step (<cache>/trackers/); none by default")
 
 
 class Train(TrainSettings):

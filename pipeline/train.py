@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import resource
 import shutil
@@ -33,6 +34,8 @@ from pipeline.batching import bucket_batches, collate, collate_packed, encode_ex
 from pipeline.errors import PolyalignError
 from pipeline.lm_parts import CausalLMLoss, RewardLoss, label_support, lm_parts, mass_support, packing_honoured
 from pipeline.losses import lr_at
+
+log = logging.getLogger("polyalign.train")
 
 TRAINING_INFO = "training.json"  # written next to the adapter: head, base, full_finetune
 
@@ -78,11 +81,17 @@ DEFAULTS: dict = {
     "bucket_window": 32,           # batches per sorted window when length-bucketing
     "progress": True,
     "curve_file": None,            # `<pack>.<stage>`: also write the DVC plot curves (curve_file())
+    # An experiment tracker, through accelerate: each optimizer step's loss, lr, tokens/s and
+    # tokens go to <cache>/trackers/<curve_file or run key>/ (tracker_dir()). Off by default;
+    # the tracker's package must be installed (dvclive is; tensorboard, wandb, mlflow are not).
+    "log_with": "none",            # none | dvclive | tensorboard | wandb | mlflow
 }
 
 
 CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "output_vocab": ("full", "data"),
-           "packing": ("auto", True, False), "order": ("shuffle", "given")}
+           "packing": ("auto", True, False), "order": ("shuffle", "given"),
+           "log_with": ("none", "dvclive", "tensorboard", "wandb", "mlflow")}
+TRACKER_PACKAGES = {"dvclive": "dvclive", "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -185,7 +194,7 @@ def _wrap_trainable(model, s: dict, task: str):
 
 def run_key(base: str, data, s: dict, kind: str) -> str:
     """Hash of everything that determines a run (not resume/checkpoint/progress settings)."""
-    skip = {"resume", "checkpoint_dir", "keep_checkpoint", "progress", "checkpoint_every", "curve_file"}
+    skip = {"resume", "checkpoint_dir", "keep_checkpoint", "progress", "checkpoint_every", "curve_file", "log_with"}
     payload = json.dumps({"kind": kind, "base": base, "cfg": {k: v for k, v in s.items() if k not in skip},
                           "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -200,7 +209,7 @@ def checkpoint_path(s: dict, key: str) -> Path:
 
 
 # --------------------------------------------------------------------------- the loop
-def _accelerator(precision: str, grad_accum: int):
+def _accelerator(precision: str, grad_accum: int, log_with: str = "none", tracker_dir: Path | None = None):
     """accelerate's Accelerator; a single process may switch precision between runs (tests do)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
@@ -208,7 +217,34 @@ def _accelerator(precision: str, grad_accum: int):
     if (AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision
             and PartialState().num_processes == 1):
         AcceleratorState._reset_state()  # accelerate otherwise refuses a second precision per process
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum)
+    if log_with == "none":
+        return Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum)
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum, log_with=log_with,
+                       project_dir=str(tracker_dir))
+
+
+def tracker_dir(s: dict, key: str) -> Path:
+    """Where `log_with` writes: <cache>/trackers/<curve_file, else the run key>."""
+    from pipeline.paths import cache_dir
+
+    return cache_dir() / "trackers" / (s["curve_file"] or key)
+
+
+def _start_tracker(acc, s: dict, key: str) -> None:
+    """init_trackers with the run's settings as its configuration (dvclive: no DVC experiment or
+    dvc.yaml of its own, since DVC already runs the stage)."""
+    import importlib.util
+
+    name = s["log_with"]
+    if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+        raise PolyalignError("params.yaml", "train.log_with", f"tracker '{name}' is not installed",
+                             f"pip install {TRACKER_PACKAGES[name]}, or set log_with: none")
+    where = tracker_dir(s, key)
+    kwargs = {"dvclive": {"dir": str(where), "save_dvc_exp": False, "dvcyaml": None},
+              "mlflow": {"logging_dir": str(where)}}
+    config = {k: v for k, v in s.items() if isinstance(v, (bool, int, float, str))}
+    acc.init_trackers((s["curve_file"] or key).replace(".", "_"), config=config,
+                      init_kwargs={name: kwargs[name]} if name in kwargs else {})
 
 
 class _Run:
@@ -216,7 +252,9 @@ class _Run:
 
     def __init__(self, module, s: dict, precision: str, key: str, ckpt: Path):
         self.s, self.key, self.ckpt = s, key, ckpt
-        self.acc = _accelerator(precision, s["grad_accum"])
+        self.acc = _accelerator(precision, s["grad_accum"], s["log_with"], tracker_dir(s, key))
+        if s["log_with"] != "none":
+            _start_tracker(self.acc, s, key)
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
         self.module, self.opt = self.acc.prepare(module, opt)
@@ -288,6 +326,8 @@ def _fit(run: _Run, plan: list, total: int, forward, desc: str, after_step=None)
     s, acc = run.s, run.acc
     start, cpu_start = time.perf_counter(), time.process_time()
     start_tokens, start_step = run.tokens, run.step
+    log.info("%s: optimizer steps %d to %d (%d micro-batches of %d, %s precision, %d process(es))", desc, run.step,
+             total, s["grad_accum"], s["batch_size"], acc.mixed_precision, acc.num_processes)
     bar = tqdm(total=total, initial=run.step, desc=desc, disable=not (s["progress"] and acc.is_main_process))
     run.module.train()
     while run.step < total:
@@ -311,6 +351,8 @@ def _fit(run: _Run, plan: list, total: int, forward, desc: str, after_step=None)
         step_lr = run.opt.param_groups[0]["lr"]
         tok_s = step_tokens / max(time.perf_counter() - step_start, 1e-9)
         run.curve.append([run.step, run.tokens, round(loss, 6), step_lr, round(tok_s, 1)])
+        if s["log_with"] != "none":
+            acc.log({"loss": loss, "lr": step_lr, "tokens_per_s": tok_s, "tokens": run.tokens}, step=run.step)
         if after_step:
             after_step()
         bar.update(1)
@@ -318,7 +360,11 @@ def _fit(run: _Run, plan: list, total: int, forward, desc: str, after_step=None)
         if s["checkpoint_every"] and run.step % s["checkpoint_every"] == 0 and run.step < total:
             run.save()
     bar.close()
+    if s["log_with"] != "none":
+        acc.end_training()
     loop_s, loop_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    log.info("%s: %d tokens in %.1f s, final loss %.4f", desc, run.tokens - start_tokens, loop_s,
+             run.curve[-1][2] if run.curve else float("nan"))
     tail = [c[2] for c in run.curve[-max(1, min(10, len(run.curve))):]]
     return {"steps": run.step, "train_tokens": run.tokens, "final_loss": sum(tail) / max(1, len(tail)),
             "session_tokens": run.tokens - start_tokens, "loop_s": loop_s, "loop_cpu_s": loop_cpu_s,

@@ -124,3 +124,32 @@ def test_resource_level_from_population():
 
     levels = {t: resource_level(langcodes.Language.get(t))[0] for t in ("es", "fr", "km", "dv", "bo")}
     assert levels == {"es": "high", "fr": "high", "km": "mid", "dv": "low", "bo": "low"}
+
+
+def test_stage_phases_are_timestamped_log_lines_on_stdout(capsys):
+    """stage_main: start/done lines with a timestamp on stdout; an error stays one line on stderr."""
+    import logging
+    import re
+
+    from pipeline.errors import PolyalignError
+    from stages._cli import stage_main
+
+    def run(pack):
+        logging.getLogger("polyalign.train").info("phase of %s", pack)
+
+    run.__module__ = "stages.laft"
+    assert stage_main(run, "doc", argv=["--pack", "glg"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+    assert re.fullmatch(stamp + "polyalign: laft@glg: start", out[0])
+    assert re.fullmatch(stamp + "polyalign.train: phase of glg", out[1])
+    assert re.fullmatch(stamp + r"polyalign: laft@glg: done in \d+\.\d s", out[2])
+
+    def bad(pack):
+        raise PolyalignError("languages/glg.yaml", "script", "unknown script", "use Latn")
+
+    bad.__module__ = "stages.laft"
+    assert stage_main(bad, "doc", argv=["--pack", "glg"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "languages/glg.yaml" in captured.err
+    assert "done" not in captured.out

@@ -65,3 +65,41 @@ def test_plots_show_and_diff_render_curves_and_gains(tmp_path, monkeypatch):
     # one vegaEmbed per plot; ids are the paths with separators as "_" (the page loads vega from a CDN,
     # so headless rendering needs a network: the specs are checked above instead)
     assert "vegaEmbed('#results__curves_loss_nya_laft_tsv'" in html and "vegaEmbed('#reports_plots_gains_json'" in html
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(DVC is None or _chromium() is None, reason="dvc or chromium not installed (make test installs both)")
+def test_plots_page_renders_offline_in_headless_chromium(tmp_path, monkeypatch):
+    """`dvc plots show --html-template "$(polyalign plots-template)"`: every plot becomes a drawn
+    vega canvas in a browser that may not reach any network."""
+    from pipeline.plots import offline_template
+
+    repo = tmp_path / "r"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    write(repo, 4.0, monkeypatch)
+    template = offline_template()
+    sh(repo, "dvc", "plots", "show", "--html-template", str(template), "-o", "out")
+    page = repo / "out" / "index.html"
+    html = page.read_text()
+    plots = html.count("vegaEmbed('#")   # 3 curves x 2 runs, the gains chart, and the stage-level plots
+    assert "cdn.jsdelivr" not in html and plots >= 7
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+            "--disable-background-networking", "--disable-component-update", "--proxy-server=127.0.0.1:9",
+            f"--user-data-dir={tmp_path / 'prof'}", "--virtual-time-budget=10000"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120,
+                         env=env, check=True).stdout
+    assert dom.count("<canvas") == plots == dom.count('class="vega-embed'), dom[:2000]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*base, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120, env=env, check=True)
+    from tests.test_report import coloured_pixels
+
+    assert coloured_pixels(shot) > 0.001   # drawn lines and bars (an empty page is grey-scale: 0)

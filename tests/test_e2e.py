@@ -77,3 +77,65 @@ def test_second_repro_changes_nothing(smoke_repo):
     # model_fingerprint is always_changed by design (seconds; its output decides whether `model` reruns)
     rest = proc.stdout.replace("model_fingerprint:\n\talways changed\n", "")
     assert proc.returncode == 0 and ("up to date" in rest or not rest.strip()), proc.stdout
+
+
+# --------------------------------------------------------------------------- DVC across runs
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def committed(smoke_repo):
+    """The built smoke repo committed: results/, reports/ and dvc.lock in git, data/ and models/ in DVC's cache."""
+    if _git(smoke_repo, "status", "--porcelain"):
+        _git(smoke_repo, "add", "-A")
+        _git(smoke_repo, "commit", "-qm", "smoke run")
+    return smoke_repo
+
+
+def test_pulled_clone_is_up_to_date_without_rerunning(committed, tmp_path):
+    """dvc push to a local-folder remote; a git clone + dvc pull reruns nothing but the fingerprint."""
+    remote = tmp_path / "remote"
+    for args in (("remote", "add", "-f", "-d", "store", str(remote)), ("push",)):
+        proc = _dvc(committed, *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(committed), str(clone)], check=True)
+    # the remote's path is in the committed .dvc/config only after a commit; point the clone at it
+    assert _dvc(clone, "remote", "add", "-f", "-d", "store", str(remote)).returncode == 0
+    proc = _dvc(clone, "pull")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = _dvc(clone, "status").stdout
+    rest = status.replace("model_fingerprint:\n\talways changed\n", "").strip()
+    assert rest in ("", "Data and pipelines are up to date."), status
+    proc = _dvc(clone, "repro")
+    ran = re.findall(r"Running stage '([^']+)'", proc.stdout)
+    assert proc.returncode == 0 and ran == ["model_fingerprint"], proc.stdout[-2000:]
+
+
+def test_experiments_differing_in_one_param_show_and_diff(committed):
+    """`dvc exp run -S laft.lr=...` twice, then exp show / exp diff / metrics diff see both runs."""
+    for name, lr in (("lr-low", "0.0001"), ("lr-high", "0.003")):
+        proc = _dvc(committed, "exp", "run", "-n", name, "-S", f"laft.lr={lr}")
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "Running stage 'laft@glg'" in proc.stdout and "Running stage 'taco_sft@glg'" not in proc.stdout
+    shown = json.loads(_dvc(committed, "exp", "show", "--json").stdout)
+    exps = {e["name"]: e for base in shown for e in (base.get("experiments") or [])
+            for e in [e["revs"][0]] if e.get("name")}
+    assert {"lr-low", "lr-high"} <= set(exps)
+    lrs, losses = {}, {}
+    for name in ("lr-low", "lr-high"):
+        data = exps[name]["data"]
+        lrs[name] = data["params"]["params.yaml"]["data"]["laft"]["lr"]
+        losses[name] = data["metrics"]["results/glg/laft.json"]["data"]["final_loss"]
+    assert lrs == {"lr-low": 0.0001, "lr-high": 0.003} and losses["lr-low"] != losses["lr-high"]
+    diff = json.loads(_dvc(committed, "exp", "diff", "lr-low", "lr-high", "--json").stdout)
+    change = diff["params"]["params.yaml"]["laft.lr"]
+    assert (change["old"], change["new"]) == (0.0001, 0.003)
+    assert diff["metrics"]["results/glg/laft.json"]["final_loss"]["new"] == losses["lr-high"]
+    # the workspace holds the last experiment: its metrics differ from the commit's
+    metrics = json.loads(_dvc(committed, "metrics", "diff", "HEAD", "--json").stdout)
+    assert "final_loss" in metrics["results/glg/laft.json"]

@@ -333,3 +333,33 @@ def test_reward_model_trains_and_scores(tmp_path):
     single = [T.reward_scores(model, tok, [t], batch_size=1)[0] for t in texts]
     assert batched == pytest.approx(single, abs=1e-4)
     assert batched[0] > batched[3]  # six steps on one contrast already separate it
+
+
+
+def test_dvclive_tracker_gets_every_step_and_leaves_the_project_alone(tmp_path, monkeypatch):
+    """train.log_with: dvclive logs the curve through accelerate into the cache, not dvc.yaml."""
+    import shutil
+
+    from pipeline.paths import cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {**FAST, "max_steps": 3, "log_with": "dvclive", "curve_file": f"test.{tmp_path.name}"}
+    where = T.tracker_dir(T.settings(cfg), "")
+    assert where == cache_dir() / "trackers" / f"test.{tmp_path.name}"
+    try:
+        T.train_causal_lm(TINY, sft_examples(), tmp_path / "o", cfg)
+        loss = (where / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    curve = (tmp_path / "o" / "curve.tsv").read_text().splitlines()[1:]
+    assert loss[0] == "step\tloss" and [line.split("\t")[0] for line in loss[1:]] == ["1", "2", "3"]
+    assert [round(float(x.split("\t")[-1]), 5) for x in loss[1:]] == [round(float(c.split("\t")[2]), 5) for c in curve]
+    assert not (tmp_path / "dvc.yaml").exists() and not (tmp_path / "dvclive").exists()
+
+
+def test_missing_tracker_package_is_a_one_line_error(tmp_path, monkeypatch):
+    from pipeline.errors import PolyalignError
+
+    monkeypatch.setitem(T.TRACKER_PACKAGES, "mlflow", "no_such_package_polyalign")
+    with pytest.raises(PolyalignError, match="train.log_with.*pip install"):
+        T.train_causal_lm(TINY, sft_examples(4), tmp_path / "o", {**FAST, "max_steps": 1, "log_with": "mlflow"})
