@@ -112,8 +112,8 @@ READ: dict[str, dict] = {}
 
 def _with_shared_training(values: dict, where: tuple[str, ...], params: dict) -> dict:
     shared = {k: v for k, v in section("train", params).items() if k != "launch"} if "train" in params else {}
-    if not where:
-        return deep_merge(shared, values)
+    if not where:  # a stage key set to null inherits `train` (so `-S laft.lr=...` has a key to set)
+        return deep_merge(shared, {k: v for k, v in values.items() if v is not None or k not in shared})
     inner = values.get(where[0]) or {}
     return {**values, where[0]: _with_shared_training(inner, where[1:], params)}
 

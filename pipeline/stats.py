@@ -30,9 +30,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from statistics import NormalDist
 
 import numpy as np
-from scipy import stats as sps
 
 N_BOOT = 1000  # 1000 resamples: CI endpoints move < 0.5% of their width between seeds on n>=100
 ALPHA = 0.05
@@ -85,6 +85,8 @@ def _resamples(groups: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndar
 
 @lru_cache(maxsize=256)
 def _t_quantile(df: int, alpha: float) -> float:
+    from scipy import stats as sps  # here, not at import: scipy.stats costs every stage ~1.5 s to import
+
     return float(sps.t.ppf(1 - alpha / 2, df))   # cached: scipy's ppf costs more than a bootstrap
 
 
@@ -224,7 +226,7 @@ def wilson_ci(k: float, n: int, alpha: float = ALPHA) -> Interval:
     """Proportion k/n with its Wilson score interval (well-defined at k = 0 and k = n)."""
     if n <= 0:
         return NAN3
-    z = float(sps.norm.ppf(1 - alpha / 2))
+    z = NormalDist().inv_cdf(1 - alpha / 2)
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)

@@ -18,7 +18,7 @@ def stage_main(run: Callable, description: str, *, pack: bool = True, argv=None)
     args = parser.parse_args(argv)
     from pipeline.models import set_stage
 
-    stage = run.__module__.rsplit(".", 1)[-1]
+    stage = stage_name(run)
     set_stage(stage)  # the stage's model.chat_template setting applies
     setup_logging()
     name, start = f"{stage}@{args.pack}" if pack else stage, time.perf_counter()
@@ -33,6 +33,15 @@ def stage_main(run: Callable, description: str, *, pack: bool = True, argv=None)
 
 
 log = logging.getLogger("polyalign")
+
+
+def stage_name(run: Callable) -> str:
+    """`laft` for stages.laft's run(), also under `python -m stages.laft` (module `__main__`)."""
+    module = run.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return module.rsplit(".", 1)[-1]
 
 
 class _Stdout(logging.StreamHandler):

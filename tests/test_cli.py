@@ -153,3 +153,20 @@ def test_stage_phases_are_timestamped_log_lines_on_stdout(capsys):
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "languages/glg.yaml" in captured.err
     assert "done" not in captured.out
+
+
+
+def test_stage_name_under_python_dash_m(monkeypatch):
+    """`python -m stages.laft` runs the module as __main__ (spec name stages.laft): the stage,
+    and so its chat-template setting, is still `laft`."""
+    import sys
+    import types
+
+    from stages._cli import stage_name
+
+    def run(pack):
+        pass
+
+    run.__module__ = "__main__"
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", types.SimpleNamespace(name="stages.laft"), raising=False)
+    assert stage_name(run) == "laft"

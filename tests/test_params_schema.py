@@ -85,6 +85,8 @@ def test_shared_train_override_reaches_stages_that_do_not_set_it(params_repo):
     assert config.section("culture")["sft"]["lr"] == 1e-4
     assert config.section("rm_train")["train"]["lr"] == 5e-4
     assert config.settings_read()["laft"]["lr"] == 1e-4  # what write_stage records as `settings`
+    _set(params_repo, "laft.lr", 2e-3)  # `dvc exp run -S laft.lr=2e-3`: the key exists (null = train.lr)
+    assert config.section("laft")["lr"] == 2e-3 and config.section("maft")["lr"] == 1e-4
 
 
 def test_profile_overlay_and_typo_in_a_loaded_file(params_repo):
