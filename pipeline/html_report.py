@@ -244,7 +244,7 @@ def _md_correlations(correlations: list[dict]) -> list[str]:
 # --------------------------------------------------------------------------- plots
 def _png(fig) -> str:
     buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110)   # every figure is tight_layout()-ed: "tight" would draw it twice
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 

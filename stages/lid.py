@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline import io
-from pipeline.config import section
-from pipeline.paths import repo_root
+from pipeline.config import section, settings_read
+from pipeline.paths import repo_root, results_dir
 from pipeline.provenance import sha256_file, signature
 from pipeline.seeding import seed_everything
 from pipeline.sources import read
@@ -67,7 +67,8 @@ def run() -> None:
                "dev_acc_mean": sum(dev.values()) / len(dev), "dev_acc_min": min(dev.values()),
                **{f"dev_acc.{code}": acc for code, acc in dev.items()}}
     sig = signature(stage="lid", cfg=cfg, split=data_cfg, model_sha=sha256_file(out)[:12])
-    io.write_json(out.with_suffix(".json"), {**metrics, "signature": sig})
+    # kept by git beside the other metrics (results/), so `dvc metrics diff <rev>` reads it
+    io.write_json(results_dir("_shared") / "lid.json", {**metrics, "signature": sig, "settings": settings_read()})
 
 
 if __name__ == "__main__":
