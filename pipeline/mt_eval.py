@@ -30,6 +30,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import NormalDist
 
 import regex
 import sacrebleu
@@ -402,7 +403,7 @@ def pooled_correlation(parts: Sequence[dict], alpha: float = 0.05) -> dict | Non
 
 
 def _z_interval(z: float, se: float, n: int, alpha: float) -> dict:
-    q = stats.sps.norm.ppf(1 - alpha / 2)
+    q = NormalDist().inv_cdf(1 - alpha / 2)
     return {"r": math.tanh(z), "ci_low": math.tanh(z - q * se), "ci_high": math.tanh(z + q * se), "n": n,
             "z": z, "se": se}
 
