@@ -50,7 +50,7 @@ test: system browser
 	@if [ -n "$$POLYALIGN_MIRROR" ] && [ ! -d "$$POLYALIGN_MIRROR" ]; then echo "warning: POLYALIGN_MIRROR=$$POLYALIGN_MIRROR \
 	does not exist: sources fall back to the cache, then to downloads (offline, the tests that need data fail)" >&2; fi
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
