@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_report import _chromium, coloured_pixels
+
 ROOT = Path(__file__).resolve().parents[1]
 DVC = shutil.which("dvc")
 
@@ -67,10 +69,6 @@ def test_plots_show_and_diff_render_curves_and_gains(tmp_path, monkeypatch):
     assert "vegaEmbed('#results__curves_loss_nya_laft_tsv'" in html and "vegaEmbed('#reports_plots_gains_json'" in html
 
 
-def _chromium() -> str | None:
-    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-
-
 @pytest.mark.skipif(DVC is None or _chromium() is None, reason="dvc or chromium not installed (make test installs both)")
 def test_plots_page_renders_offline_in_headless_chromium(tmp_path, monkeypatch):
     """`dvc plots show --html-template "$(polyalign plots-template)"`: every plot becomes a drawn
@@ -100,6 +98,4 @@ def test_plots_page_renders_offline_in_headless_chromium(tmp_path, monkeypatch):
     shot = tmp_path / "shot.png"
     subprocess.run([*base, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=120, env=env, check=True)
-    from tests.test_report import coloured_pixels
-
     assert coloured_pixels(shot) > 0.001   # drawn lines and bars (an empty page is grey-scale: 0)
