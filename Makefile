@@ -11,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: install system browser repro test test-slow bench doctor clean
 
 # pip compiles bytecode one file at a time; compileall -j 0 does it on every core afterwards
-# (4.7 -> 3.5 min on the 2-core development machine; files that are not Python 3 are skipped)
+# (4.7 -> 3.8 min on the 2-core development machine; files that are not Python 3 are skipped)
 PIP := $(BIN)/pip install -q --disable-pip-version-check --no-compile
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -42,6 +42,9 @@ def safe_join(root: Path, relative: str, *, file: str | Path, field: str) -> Pat
     return (root / relative).resolve()
 
 
+SHARED = "_shared"  # the pack id of stages that run once (lid, rm_train, maft, culture_sft_all)
+
+
 def results_dir(pack: str) -> Path:
     return repo_root() / "results" / pack
 

@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline import io, stats
 from pipeline.errors import PolyalignError
+from pipeline.paths import SHARED as SHARED  # re-exported: the scorecard modules name it report.SHARED
 from pipeline.paths import results_dir
 
-SHARED = "_shared"  # the pack id of stages that run once (rm_train, maft, culture_sft_all)
 Verdict = Literal["better", "worse", "no difference shown", "underpowered"]
 OPTIONAL = ("note", "baseline_name", "delta_ci_low", "delta_ci_high", "verdict", "mde", "n_needed", "n_docs")
 

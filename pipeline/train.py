@@ -230,7 +230,7 @@ def tracker_dir(s: dict, key: str) -> Path:
     return cache_dir() / "trackers" / (s["curve_file"] or key)
 
 
-def _start_tracker(acc, s: dict, key: str) -> None:
+def _start_tracker(acc, s: dict, where: Path) -> None:
     """init_trackers with the run's settings as its configuration (dvclive: no DVC experiment or
     dvc.yaml of its own, since DVC already runs the stage)."""
     import importlib.util
@@ -239,11 +239,10 @@ def _start_tracker(acc, s: dict, key: str) -> None:
     if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
         raise PolyalignError("params.yaml", "train.log_with", f"tracker '{name}' is not installed",
                              f"pip install {TRACKER_PACKAGES[name]}, or set log_with: none")
-    where = tracker_dir(s, key)
     kwargs = {"dvclive": {"dir": str(where), "save_dvc_exp": False, "dvcyaml": None},
               "mlflow": {"logging_dir": str(where)}}
     config = {k: v for k, v in s.items() if isinstance(v, (bool, int, float, str))}
-    acc.init_trackers((s["curve_file"] or key).replace(".", "_"), config=config,
+    acc.init_trackers(where.name.replace(".", "_"), config=config,
                       init_kwargs={name: kwargs[name]} if name in kwargs else {})
 
 
@@ -252,9 +251,10 @@ class _Run:
 
     def __init__(self, module, s: dict, precision: str, key: str, ckpt: Path):
         self.s, self.key, self.ckpt = s, key, ckpt
-        self.acc = _accelerator(precision, s["grad_accum"], s["log_with"], tracker_dir(s, key))
+        where = tracker_dir(s, key)
+        self.acc = _accelerator(precision, s["grad_accum"], s["log_with"], where)
         if s["log_with"] != "none":
-            _start_tracker(self.acc, s, key)
+            _start_tracker(self.acc, s, where)
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
         self.module, self.opt = self.acc.prepare(module, opt)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline import io
 from pipeline.config import section, settings_read
-from pipeline.paths import repo_root, results_dir
+from pipeline.paths import SHARED, repo_root, results_dir
 from pipeline.provenance import sha256_file, signature
 from pipeline.seeding import seed_everything
 from pipeline.sources import read
@@ -68,7 +68,7 @@ def run() -> None:
                **{f"dev_acc.{code}": acc for code, acc in dev.items()}}
     sig = signature(stage="lid", cfg=cfg, split=data_cfg, model_sha=sha256_file(out)[:12])
     # kept by git beside the other metrics (results/), so `dvc metrics diff <rev>` reads it
-    io.write_json(results_dir("_shared") / "lid.json", {**metrics, "signature": sig, "settings": settings_read()})
+    io.write_json(results_dir(SHARED) / "lid.json", {**metrics, "signature": sig, "settings": settings_read()})
 
 
 if __name__ == "__main__":

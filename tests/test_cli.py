@@ -155,7 +155,6 @@ def test_stage_phases_are_timestamped_log_lines_on_stdout(capsys):
     assert "done" not in captured.out
 
 
-
 def test_stage_name_under_python_dash_m(monkeypatch):
     """`python -m stages.laft` runs the module as __main__ (spec name stages.laft): the stage,
     and so its chat-template setting, is still `laft`."""

@@ -36,8 +36,8 @@ def write(repo: Path, loss_scale: float, monkeypatch) -> None:
     io.write_json(repo / "reports" / "plots" / "gains.json", gains(rows))
 
 
-@pytest.mark.skipif(DVC is None, reason="dvc not installed")
-def test_plots_show_and_diff_render_curves_and_gains(tmp_path, monkeypatch):
+def plots_repo(tmp_path: Path, monkeypatch) -> Path:
+    """A git + DVC repo with the project's dvc.yaml and params.yaml and one run's curves and gains."""
     repo = tmp_path / "r"
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
@@ -45,6 +45,12 @@ def test_plots_show_and_diff_render_curves_and_gains(tmp_path, monkeypatch):
     sh(repo, "git", "init", "-q")
     sh(repo, "dvc", "init", "-q")
     write(repo, 4.0, monkeypatch)
+    return repo
+
+
+@pytest.mark.skipif(DVC is None, reason="dvc not installed")
+def test_plots_show_and_diff_render_curves_and_gains(tmp_path, monkeypatch):
+    repo = plots_repo(tmp_path, monkeypatch)
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
     write(repo, 2.0, monkeypatch)
@@ -64,8 +70,8 @@ def test_plots_show_and_diff_render_curves_and_gains(tmp_path, monkeypatch):
         ("HEAD", "1", 4.0), ("workspace", "1", 2.0)}
     sh(repo, "dvc", "plots", "show", "-o", "out")
     html = (repo / "out" / "index.html").read_text()
-    # one vegaEmbed per plot; ids are the paths with separators as "_" (the page loads vega from a CDN,
-    # so headless rendering needs a network: the specs are checked above instead)
+    # one vegaEmbed per plot; ids are the paths with separators as "_" (this page loads vega from a
+    # CDN; the offline page is rendered in a browser by the next test)
     assert "vegaEmbed('#results__curves_loss_nya_laft_tsv'" in html and "vegaEmbed('#reports_plots_gains_json'" in html
 
 
@@ -75,13 +81,7 @@ def test_plots_page_renders_offline_in_headless_chromium(tmp_path, monkeypatch):
     vega canvas in a browser that may not reach any network."""
     from pipeline.plots import offline_template
 
-    repo = tmp_path / "r"
-    repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / name, repo / name)
-    sh(repo, "git", "init", "-q")
-    sh(repo, "dvc", "init", "-q")
-    write(repo, 4.0, monkeypatch)
+    repo = plots_repo(tmp_path, monkeypatch)
     template = offline_template()
     sh(repo, "dvc", "plots", "show", "--html-template", str(template), "-o", "out")
     page = repo / "out" / "index.html"

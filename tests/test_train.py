@@ -335,7 +335,6 @@ def test_reward_model_trains_and_scores(tmp_path):
     assert batched[0] > batched[3]  # six steps on one contrast already separate it
 
 
-
 def test_dvclive_tracker_gets_every_step_and_leaves_the_project_alone(tmp_path, monkeypatch):
     """train.log_with: dvclive logs the curve through accelerate into the cache, not dvc.yaml."""
     import shutil
@@ -343,6 +342,7 @@ def test_dvclive_tracker_gets_every_step_and_leaves_the_project_alone(tmp_path, 
     from pipeline.paths import cache_dir
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POLYALIGN_ROOT", str(tmp_path))   # curve_file's DVC plot curves land here
     cfg = {**FAST, "max_steps": 3, "log_with": "dvclive", "curve_file": f"test.{tmp_path.name}"}
     where = T.tracker_dir(T.settings(cfg), "")
     assert where == cache_dir() / "trackers" / f"test.{tmp_path.name}"
