@@ -132,7 +132,7 @@ def head_shapes(model, rows=(1, 8, 16, 256), reps: int = 3) -> dict:
     from pipeline.generate import _Head
 
     weight, head = model.get_output_embeddings().weight.detach(), _Head(model)
-    out = {"prescore": head.pre.kind if head.pre else None}
+    out = {"prescore": list(head.pre)}
     with torch.inference_mode():
         for n in rows:
             h = torch.randn(n, weight.shape[1], dtype=weight.dtype)
@@ -144,7 +144,9 @@ def head_shapes(model, rows=(1, 8, 16, 256), reps: int = 3) -> dict:
                 for _ in range(reps):
                     fn()
                 times[name] = (time.perf_counter() - start) / reps * 1000
+            pre = head.prescorer(n)
             out[f"rows_{n}"] = {**{f"{k}_ms": round(v, 1) for k, v in times.items()},
+                                "prescorer": pre.kind if pre else None,
                                 "speedup": round(times["h_at_wt"] / times["w_at_ht"], 2),
                                 "prescored_speedup": round(times["w_at_ht"] / times["prescored_argmax"], 2)}
     return out

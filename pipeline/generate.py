@@ -28,7 +28,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from pipeline.batching import start_ids
 from pipeline.errors import PolyalignError
-from pipeline.lm_parts import lm_parts
+from pipeline.lm_parts import base_lm, lm_parts
 
 log = logging.getLogger("polyalign.generate")
 
@@ -151,59 +151,94 @@ class _TallHead:
             del self.head.forward  # back to nn.Linear.forward
 
 
-def prescore_kind(weight: torch.Tensor) -> str | None:
-    """The cheap first pass of _Head on this machine: 'bf16' where the CPU has bf16 matrix
-    units (AVX512-BF16/AMX), 'fp16' (fbgemm's fp16-weight GEMM, fp32 arithmetic) on other x86
-    CPUs, None elsewhere (GPU, no fbgemm). POLYALIGN_PRESCORE=off|fp16|bf16 overrides (tests, bench)."""
+def prescore_kinds(weight: torch.Tensor) -> tuple[str, ...]:
+    """The cheap first passes of _Head on this machine: fbgemm's fp16-weight GEMM (fp32 arithmetic)
+    on x86 CPUs, and bf16 where the CPU has bf16 matrix units (AVX512-BF16/AMX); () elsewhere (GPU,
+    no fbgemm, no bf16). POLYALIGN_PRESCORE=off|fp16|bf16 forces one (tests, bench)."""
     import os
 
     from pipeline.train import cpu_has_bf16
 
     forced = os.environ.get("POLYALIGN_PRESCORE", "")
     if forced:
-        return None if forced == "off" else forced
+        return () if forced == "off" else (forced,)
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
-        return None
-    if cpu_has_bf16():
-        return "bf16"
-    return "fp16" if "fbgemm" in torch.backends.quantized.supported_engines else None
+        return ()
+    fbgemm = ("fp16",) if "fbgemm" in torch.backends.quantized.supported_engines else ()
+    return fbgemm + (("bf16",) if cpu_has_bf16() else ())
+
+
+# Where both run, the bf16 GEMM is the faster first pass from this many rows on, fbgemm's fp16 below
+# (gemma-3-270m's 262k x 640 head, one thread, AMD EPYC with AVX512-BF16, 2026-12-02: 1 row 17 vs
+# 44 ms, 16 rows 38 vs 35-52 ms, 32 rows 99 vs 43 ms, 64 rows 217 vs 98 ms; fp16 then bf16).
+BF16_PRESCORE_MIN_ROWS = 24
+
+
+# Vocabulary rows per piece of the first pass: a piece's (rows, 16384) approximate logits stay in
+# cache while they are reduced; one (rows, 262k) fp32 tensor did not, and reducing it cost more than
+# the GEMM (gemma-3-270m, 32 rows, AVX512-BF16 EPYC: max over it 54 ms, the bf16 GEMM 41 ms).
+PRESCORE_PIECE = 16384
 
 
 class _Prescore:
-    """A low-precision copy of the output layer W (V, d) and what bounds its error.
+    """A low-precision copy of the output layer W (V, d), in pieces of PRESCORE_PIECE rows, and
+    what bounds its error.
 
-    For a hidden state h: |w_i.h - approx_i| <= err * |h| + wnorm * |h - h'| + out_round * max|approx|
-    + slack * |h| (h' the hidden state as the cheap pass reads it; err, wnorm: the largest
-    |w_i - w'_i| and |w'_i| over rows; slack: fp32 accumulation of d products, in both passes)."""
+    For a hidden state h: |w_i.h - approx_i| <= (err + slack) * |h| + wnorm * |h - h'|
+    + out_round * (wnorm + slack) * |h'| (h' the hidden state as the cheap pass reads it; err, wnorm:
+    the largest |w_i - w'_i| and |w'_i| over rows; slack: fp32 accumulation of d products, in both
+    passes; the last term: bf16 rounding of an output that is at most |w'_i| |h'| in size)."""
 
     def __init__(self, weight: torch.Tensor, kind: str):
         w = weight.detach().float()
         dtype = torch.float16 if kind == "fp16" else torch.bfloat16
         self.kind, self.key = kind, (weight.data_ptr(), weight._version, tuple(weight.shape))
-        self.err, self.wnorm = 0.0, 0.0
-        for rows in w.split(16384):  # in pieces: no V x d temporaries beside the weight
-            low = rows.to(dtype).float()
-            self.err = max(self.err, float((rows - low).norm(dim=1).max()))  # 0 for weights stored in bf16
-            self.wnorm = max(self.wnorm, float(low.norm(dim=1).max()))
+        self.err, self.wnorm, self.pieces = 0.0, 0.0, []
+        for first in range(0, w.shape[0], PRESCORE_PIECE):
+            rows = w[first:first + PRESCORE_PIECE]
+            low = rows.to(dtype)
+            self.err = max(self.err, float((rows - low.float()).norm(dim=1).max()))  # 0 for weights stored in bf16
+            self.wnorm = max(self.wnorm, float(low.float().norm(dim=1).max()))
+            self.pieces.append((first, torch.ops.quantized.linear_prepack_fp16(rows, None) if kind == "fp16" else low))
         self.slack = 2 * w.shape[1] * 2.0 ** -24 * self.wnorm
         self.out_round = 2.0 ** -8 if kind == "bf16" else 0.0  # bf16 GEMM output is rounded to bf16
-        if kind == "fp16":
-            self.packed = torch.ops.quantized.linear_prepack_fp16(w, None)
-        else:
-            self.low = w.to(dtype)
+
+    def _low(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (R, d) -> (h as the cheap pass reads it, bound (R, 1) fp32 on every approximate logit's error)."""
+        h_low = h.float() if self.kind == "fp16" else h.to(torch.bfloat16)
+        n = h.double().norm(dim=1, keepdim=True)
+        moved = (h.double() - h_low.double()).norm(dim=1, keepdim=True)
+        n_low = h_low.double().norm(dim=1, keepdim=True)
+        bound = (self.err + self.slack) * n + self.wnorm * moved + self.out_round * (self.wnorm + self.slack) * n_low
+        return h_low, bound.float()
+
+    def _piece(self, h_low: torch.Tensor, low) -> torch.Tensor:
+        """Approximate logits (R, piece) fp32 of one piece."""
+        if self.kind == "fp16":
+            return torch.ops.quantized.linear_dynamic_fp16(h_low, low)
+        return (h_low @ low.t()).float()
 
     def approx(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (R, d) -> (approximate logits (R, V) fp32, bound (R, 1) on their error)."""
-        if self.kind == "fp16":
-            h_low = h.float()
-            y = torch.ops.quantized.linear_dynamic_fp16(h_low, self.packed)
-        else:
-            h_low = h.to(torch.bfloat16)
-            y = (self.low @ h_low.t()).t().float()
-        n = h.double().norm(dim=1, keepdim=True)
-        moved = (h.double() - h_low.double()).norm(dim=1, keepdim=True)
-        top = y.abs().amax(1, keepdim=True).double()
-        return y, ((self.err + self.slack) * n + self.wnorm * moved + self.out_round * top).float()
+        h_low, bound = self._low(h)
+        return torch.cat([self._piece(h_low, low) for _, low in self.pieces], 1), bound
+
+    def candidates(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Token ids (U,), ascending, that can be among the exact top k of some row of h (R, d): those
+        whose approximate logit is within twice the bound of the row's k-th largest, found piece by
+        piece (a running top k; what a later piece rules out is dropped at the end)."""
+        h_low, bound = self._low(h)
+        best, ids, vals = None, [], []
+        for first, low in self.pieces:
+            y = self._piece(h_low, low)  # (R, c)
+            top = y.topk(min(k, y.shape[1]), dim=1).values if k > 1 else y.amax(1, keepdim=True)
+            best = top if best is None else torch.cat([best, top], 1).topk(min(k, best.shape[1] + top.shape[1]),
+                                                                          dim=1).values
+            cols = (y >= best[:, -1:] - 2 * bound).any(0).nonzero().squeeze(1)
+            ids.append(cols + first)
+            vals.append(y[:, cols])
+        ids, vals = torch.cat(ids), torch.cat(vals, 1)
+        return ids[(vals >= best[:, -1:] - 2 * bound).any(0)]
 
 
 class _Fp16Linears:
@@ -211,9 +246,10 @@ class _Fp16Linears:
     (gemma's: stored in bf16, all in fp16's range) run fbgemm's fp16-weight GEMM: the same
     products in fp32 arithmetic, summed in another order (outputs agree to float rounding, as
     with _TallHead), reading half the bytes. Decoding steps are memory-bound on CPU: the layers
-    of gemma-3-270m at 16-32 rows ran in 0.45-0.6x the CPU time (bench/bench_generate.py).
-    Only where prescore_kind is 'fp16' (x86 CPU without bf16 units); a layer with any weight
-    fp16 cannot hold exactly is left as it is."""
+    of gemma-3-270m at 16-32 rows ran in 0.45-0.6x the CPU time on an AVX2-only EPYC, and whole
+    greedy decoding at 16 rows in 0.37x on an EPYC with AVX512-BF16 (bench/bench_generate.py).
+    Wherever fbgemm runs (prescore_kinds has 'fp16'); a layer with any weight fp16 cannot hold
+    exactly is left as it is."""
 
     def __init__(self, body, enabled: bool):
         self.layers = [m for m in body.modules() if type(m) is torch.nn.Linear] if enabled and body else []
@@ -249,9 +285,10 @@ class _Head:
     """The output layer for decoding: logits (all V, the tall GEMM of _TallHead) or the exact
     top-k / argmax of the logits found cheaply.
 
-    topk: a low-precision pass over all V rows (_Prescore: fp16 weights here, bf16 on CPUs with
-    bf16 units) gives approximate logits y with a proven bound B on their error; a token whose
-    y is more than 2B below the k-th largest y cannot be among the true top k. The rows that
+    topk: a low-precision pass over all V rows (_Prescore: fbgemm's fp16 weights on x86, bf16 on
+    CPUs with bf16 units from BF16_PRESCORE_MIN_ROWS rows) gives approximate logits y with a proven
+    bound B on their error; a token whose y is more than 2B below the k-th largest y cannot be
+    among the true top k. The rows that
     remain (a few dozen to a few hundred of 262k on gemma-3-270m) are scored exactly in the
     model's dtype, so the argmax is that of the full logits (up to ties within float rounding:
     the exact products are summed in another order than a full GEMM's)."""
@@ -261,14 +298,21 @@ class _Head:
 
         self.body, self.weight, self.softcap = lm_parts(model)
         module = model.get_output_embeddings()
-        kind = prescore_kind(self.weight)
-        cached = getattr(module, "_polyalign_prescore", None)
         key = (self.weight.data_ptr(), self.weight._version, tuple(self.weight.shape))
-        if kind and (cached is None or cached.kind != kind or cached.key != key):
-            cached = _Prescore(self.weight, kind)
-            module._polyalign_prescore = cached  # built once per model (~1 s, V x d x 2 bytes)
-        self.pre = cached if kind else None
-        self.fp16_body = _Fp16Linears(self.body, kind == "fp16")
+        cached = getattr(module, "_polyalign_prescore", {})
+        self.pre = {}
+        for kind in prescore_kinds(self.weight):
+            if kind not in cached or cached[kind].key != key:
+                cached[kind] = _Prescore(self.weight, kind)  # built once per model (~1 s, V x d x 2 bytes)
+            self.pre[kind] = cached[kind]
+        module._polyalign_prescore = cached
+        self.fp16_body = _Fp16Linears(self.body, "fp16" in self.pre)
+
+    def prescorer(self, rows: int) -> _Prescore | None:
+        """The first pass for a step of `rows` hidden states (BF16_PRESCORE_MIN_ROWS), None for none."""
+        if "bf16" in self.pre and (rows >= BF16_PRESCORE_MIN_ROWS or "fp16" not in self.pre):
+            return self.pre["bf16"]
+        return self.pre.get("fp16")
 
     def _cap(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
@@ -280,12 +324,11 @@ class _Head:
     def topk(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """h (R, d) -> (exact logits (R, k), token ids (R, k)) of the k largest logits, descending;
         k = 1 breaks ties as argmax does (lowest id)."""
-        if self.pre is None:
+        pre = self.prescorer(h.shape[0])
+        if pre is None:
             full = self.logits(h)
             return _top(full, k, torch.arange(full.shape[1], device=h.device))
-        y, bound = self.pre.approx(h)
-        kth = y.max(1, keepdim=True).values if k == 1 else y.topk(k).values[:, -1:]
-        keep = ((y >= kth - 2 * bound).any(0)).nonzero().squeeze(1).to(h.device)  # (U,), ascending
+        keep = pre.candidates(h, k).to(h.device)  # (U,), ascending
         exact = self._cap((self.weight[keep] @ h.to(self.weight.dtype).t()).t())  # (R, U)
         return _top(exact, k, keep)
 
@@ -412,6 +455,59 @@ class _Sampler:
         return ids.gather(1, pick).squeeze(1)
 
 
+def _append_in_place(layer, key_states: torch.Tensor, value_states: torch.Tensor):
+    """Write new key/value states after the cached ones in a buffer whose capacity doubles when
+    full, and point layer.keys/values at the filled part (views: the same values torch.cat gives)."""
+    n, q = layer.keys.shape[-2] if layer._room is not None else 0, key_states.shape[-2]
+    if layer._room is None or n + q > layer._room[0].shape[-2]:
+        old = layer._room
+        layer._room = [t.new_empty(*t.shape[:2], max(2 * (n + q), 64), t.shape[-1]) for t in (key_states, value_states)]
+        if old is not None:
+            layer._room[0][:, :, :n], layer._room[1][:, :, :n] = layer.keys, layer.values
+    layer._room[0][:, :, n:n + q], layer._room[1][:, :, n:n + q] = key_states, value_states
+    layer.keys, layer.values = layer._room[0][:, :, :n + q], layer._room[1][:, :, :n + q]
+    return layer.keys, layer.values
+
+
+def _batch_op(layer, op) -> None:
+    """batch_select_indices / batch_repeat_interleave of an in-place layer: on its buffer, views kept."""
+    if layer._room is not None:
+        n = layer.keys.shape[-2]
+        layer._room = [op(t) for t in layer._room]
+        layer.keys, layer.values = layer._room[0][:, :, :n], layer._room[1][:, :, :n]
+
+
+def _in_place_cache(cache) -> None:
+    """Give a DynamicCache's layers in-place appends. transformers' DynamicLayer concatenates the whole
+    cache with each new position (torch.cat, 21% of gemma-3-270m's decoding time at 32 rows, AVX512-BF16
+    EPYC); here a step writes one position. Sliding-window layers append in place until the window is
+    full, then do what transformers does (keep the last window - 1 positions)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    for layer in cache.layers:
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
+            continue
+        layer._room = None
+        sliding = type(layer) is DynamicSlidingWindowLayer
+        parent = type(layer)
+
+        def update(key_states, value_states, cache_kwargs=None, layer=layer, sliding=sliding, parent=parent):
+            if not layer.is_initialized:
+                layer.lazy_initialization(key_states)
+            if sliding:
+                if layer.cumulative_length + key_states.shape[-2] > layer.sliding_window - 1:
+                    if layer._room is not None:  # the window is full: back to transformers' own update
+                        layer.keys, layer.values, layer._room = layer.keys.clone(), layer.values.clone(), None
+                    return parent.update(layer, key_states, value_states, cache_kwargs)
+                layer.cumulative_length += key_states.shape[-2]
+            return _append_in_place(layer, key_states, value_states)
+
+        layer.update = update
+        layer.batch_select_indices = lambda indices, layer=layer: _batch_op(layer, lambda t: t[indices])
+        layer.batch_repeat_interleave = lambda repeats, layer=layer: _batch_op(
+            layer, lambda t: t.repeat_interleave(repeats, dim=0))
+
+
 def _prefill(model, body, seqs: list[list[int]], budget: int, pad: int, copies: int):
     """Run the prompts once through the decoder `body`: (hidden state of each row's last position
     (B * copies, d), cache, mask,
@@ -421,6 +517,7 @@ def _prefill(model, body, seqs: list[list[int]], budget: int, pad: int, copies: 
 
     device = _device(model)
     cache = DynamicCache(config=model.config)
+    _in_place_cache(cache)
     shared = _shared_prefix(model, seqs, budget)
     if shared:
         positions = torch.arange(shared, device=device)
@@ -590,20 +687,28 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int | list[int],
 
 # --------------------------------------------------------------------------- scoring
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                   chunk: int = 256, softcap: float | None = None) -> torch.Tensor:
+                   chunk: int = 256, softcap: float | None = None, packed=None) -> torch.Tensor:
     """log softmax(hidden @ weight.T)[target] per row, chunked over rows.
 
     hidden: (N, d); weight: (V, d); targets: (N,). Returns (N,) float32 log-probabilities.
+    `packed`: fbgemm's fp16 copy of a weight fp16 holds exactly (_fp16_pack), for the same
+    products in fp32 arithmetic from half the bytes (_Fp16Linears).
     """
     out = []
     for start in range(0, hidden.shape[0], chunk):
+        t = targets[start:start + chunk]
+        if packed is not None:
+            logits = torch.ops.quantized.linear_dynamic_fp16(hidden[start:start + chunk].float(), packed)  # (c, V)
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            out.append(logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1))
+            continue
         # (V, c) = weight @ h.T rather than (c, V) = h @ weight.T: the same products, but MKL
         # runs this tall shape 1.4-1.8x faster on CPU (bench/bench_generate.py: output_layer)
         logits = weight @ hidden[start:start + chunk].to(weight.dtype).t()
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (V, c), bf16 -> fp32
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-        t = targets[start:start + chunk]
         out.append(logits.gather(0, t[None, :]).squeeze(0) - torch.logsumexp(logits, dim=0))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
@@ -625,7 +730,7 @@ def windows(context: list[int], target: list[int], max_len: int) -> list[tuple[l
     return out
 
 
-def _score_rows(body, weight, softcap, batch) -> list[float]:
+def _score_rows(body, weight, softcap, batch, packed=None) -> list[float]:
     """Summed log-probs of a batch of (k, context, target) pieces, one right-padded forward pass:
     causal attention never looks at the padding on the right, so no mask is needed."""
     device = weight.device
@@ -637,11 +742,11 @@ def _score_rows(body, weight, softcap, batch) -> list[float]:
     rows = torch.cat([torch.full((len(t),), r) for r, (_, _, t) in enumerate(batch)])
     cols = torch.cat([torch.arange(len(c) - 1, len(c) + len(t) - 1) for _, c, t in batch])
     targets = torch.tensor([tok for _, _, t in batch for tok in t], device=device)
-    lp = token_logprobs(hidden[rows.to(device), cols.to(device)], weight, targets, softcap=softcap).cpu()
+    lp = token_logprobs(hidden[rows.to(device), cols.to(device)], weight, targets, softcap=softcap, packed=packed).cpu()
     return [float(x.sum()) for x in lp.split([len(t) for _, _, t in batch])]
 
 
-def _score_groups(body, weight, softcap, groups) -> list[float]:
+def _score_groups(body, weight, softcap, groups, packed=None) -> list[float]:
     """Summed log-probs for groups of pieces that share their context: [(context, [target, ...])].
 
     Each context runs once (left-padded, with the KV cache), its cache is copied to its
@@ -671,7 +776,7 @@ def _score_groups(body, weight, softcap, groups) -> list[float]:
     rows = torch.cat([torch.full((len(t),), r) for r, t in enumerate(targets)]).to(device)
     cols = torch.cat([torch.arange(len(t)) for t in targets]).to(device)
     flat = torch.tensor([tok for t in targets for tok in t], device=device)
-    lp = token_logprobs(hidden[rows, cols], weight, flat, softcap=softcap).cpu()
+    lp = token_logprobs(hidden[rows, cols], weight, flat, softcap=softcap, packed=packed).cpu()
     return [float(x.sum()) for x in lp.split([len(t) for t in targets])]
 
 
@@ -709,18 +814,22 @@ def sum_logprobs(model, items: list[tuple[list[int], list[int]]], batch_size: in
                              "use a tokenizer with a BOS or EOS token")
     groups, rest = _context_groups(body, pieces, max_len) if share_contexts else ([], pieces)
     log.info("scoring %d items (%d windows, %d shared contexts)", len(items), len(pieces), len(groups))
+    fp16 = "fp16" in prescore_kinds(weight)  # the decoding's fp16-weight GEMMs: same products, fp32 arithmetic
+    head = base_lm(model).get_output_embeddings()
+    packed = _fp16_pack(head) if fp16 and type(head) is torch.nn.Linear and head.weight is weight else None
     totals = [0.0] * len(items)
     rest.sort(key=lambda p: -(len(p[1]) + len(p[2])))
-    for start in range(0, len(rest), batch_size):
-        batch = rest[start:start + batch_size]
-        for (k, _, _), v in zip(batch, _score_rows(body, weight, softcap, batch)):
-            totals[k] += v
-    groups.sort(key=lambda g: -len(g[0]))
-    for batch in _group_batches(groups, batch_size):
-        keys = [k for _, members in batch for k, _ in members]
-        values = _score_groups(body, weight, softcap, [(c, [t for _, t in m]) for c, m in batch])
-        for k, v in zip(keys, values):
-            totals[k] += v
+    with _Fp16Linears(body, fp16):
+        for start in range(0, len(rest), batch_size):
+            batch = rest[start:start + batch_size]
+            for (k, _, _), v in zip(batch, _score_rows(body, weight, softcap, batch, packed)):
+                totals[k] += v
+        groups.sort(key=lambda g: -len(g[0]))
+        for batch in _group_batches(groups, batch_size):
+            keys = [k for _, members in batch for k, _ in members]
+            values = _score_groups(body, weight, softcap, [(c, [t for _, t in m]) for c, m in batch], packed)
+            for k, v in zip(keys, values):
+                totals[k] += v
     return totals
 
 

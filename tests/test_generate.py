@@ -276,6 +276,18 @@ def test_sampling_falls_back_to_generate_with_a_logits_processor(lm):
 
 
 # --------------------------------------------------------------------------- the pre-scored head
+class _HeadOnly(torch.nn.Module):
+    """A model that is only an output layer (lm_parts is patched to (None, weight, None))."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.lm_head.weight.data = weight
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
 @pytest.mark.parametrize("kind", ["fp16", "bf16"])
 def test_prescored_head_gives_the_exact_top_k_within_its_bound(monkeypatch, kind):
     """Output layer of the real shape ratio, hidden states with outliers: the cheap pass's error
@@ -287,28 +299,33 @@ def test_prescored_head_gives_the_exact_top_k_within_its_bound(monkeypatch, kind
     hidden[:, 5] *= 20  # an outlier dimension, as gemma's final norm makes
     hidden[1] = hidden[0]  # identical rows, and a near-tie between two tokens:
     weight[7] = weight[3] + 1e-9
-
-    class Fake(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm_head = torch.nn.Linear(64, 5000, bias=False)
-            self.lm_head.weight.data = weight
-
-        def get_output_embeddings(self):
-            return self.lm_head
-
-    model = Fake()
+    model = _HeadOnly(weight)
     monkeypatch.setattr("pipeline.lm_parts.lm_parts", lambda m: (None, m.lm_head.weight, None))
     head = G._Head(model)
-    assert head.pre is not None and head.pre.kind == kind
+    assert list(head.pre) == [kind] and head.prescorer(len(hidden)).kind == kind
     full = hidden @ weight.t()
-    approx, bound = head.pre.approx(hidden)
+    approx, bound = head.pre[kind].approx(hidden)
     assert bool(((approx - full).abs() <= bound).all())
     assert head.argmax(hidden).tolist() == full.argmax(-1).tolist()
     vals, ids = head.topk(hidden, 20)
     assert ids.tolist() == full.topk(20).indices.tolist()
     assert torch.allclose(vals, full.topk(20).values, atol=1e-5)
-    assert G._Head(model).pre is head.pre  # built once per weight
+    assert G._Head(model).pre[kind] is head.pre[kind]  # built once per weight
+
+
+def test_head_takes_fp16_for_few_rows_and_bf16_for_many_where_both_run(monkeypatch):
+    """On a CPU with bf16 units both first passes exist: fbgemm's fp16 below
+    BF16_PRESCORE_MIN_ROWS rows, bf16 from there on, each giving the exact argmax."""
+    monkeypatch.setattr(G, "prescore_kinds", lambda weight: ("fp16", "bf16"))
+    monkeypatch.setattr("pipeline.lm_parts.lm_parts", lambda m: (None, m.lm_head.weight, None))
+    torch.manual_seed(1)
+    weight = torch.randn(3000, 32) * 0.05
+    head = G._Head(_HeadOnly(weight))
+    few, many = G.BF16_PRESCORE_MIN_ROWS - 1, G.BF16_PRESCORE_MIN_ROWS
+    assert head.prescorer(few).kind == "fp16" and head.prescorer(many).kind == "bf16"
+    for rows in (few, many):
+        hidden = torch.randn(rows, 32) * 3
+        assert head.argmax(hidden).tolist() == (hidden @ weight.t()).argmax(-1).tolist()
 
 
 def test_greedy_with_the_bf16_prescore_equals_transformers_generate(lm, monkeypatch):

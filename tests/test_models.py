@@ -186,6 +186,30 @@ def test_fingerprint_stage_writes_what_names_resolve_to(repo_copy):
     assert (repo_copy / "models" / "fingerprint.json").exists()
 
 
+def test_fingerprint_stage_takes_local_folders_only_under_models_local(repo_copy, tmp_path):
+    """DVC watches models/local/ (a dependency of the stage, not always_changed): a folder
+    elsewhere would change unseen, so it is refused with the field and the fix."""
+    import yaml
+
+    from pipeline.errors import PolyalignError
+    from stages import model_fingerprint
+
+    params = repo_copy / "params.yaml"
+    cfg = yaml.safe_load(params.read_text())
+    outside = _tiny_folder(tmp_path / "elsewhere", seed=0)
+    cfg["model"]["base"] = str(outside)
+    params.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(PolyalignError, match=r"model\.base.*outside models/local.*move it"):
+        model_fingerprint.run()
+    assert not (repo_copy / "models" / "fingerprint.json").exists()
+    inside = _tiny_folder(repo_copy / "models" / "local" / "m", seed=0)
+    cfg["model"]["base"] = "models/local/m"
+    params.write_text(yaml.safe_dump(cfg))
+    assert model_fingerprint.run() == {"models/local/m": models.fingerprint(str(inside))}
+    dvc_yaml = yaml.safe_load((repo_copy / "dvc.yaml").read_text())["stages"]["model_fingerprint"]
+    assert "models/local" in dvc_yaml["deps"] and not dvc_yaml.get("always_changed")
+
+
 # --------------------------------------------------------------------------- chat templates (issue 15)
 GEMMA_STYLE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
                "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
