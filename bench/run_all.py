@@ -63,8 +63,7 @@ def matmul_gflops(dtype, seconds: float = 2.0, max_n: int = 2048) -> dict:
 def machine() -> dict:
     import torch
 
-    from pipeline.provenance import hardware, package_versions
-    from pipeline.train import cpu_has_bf16
+    from pipeline.provenance import cpu_has_bf16, hardware, package_versions
 
     model_name = platform.processor()
     try:
@@ -125,19 +124,10 @@ def derive(train: dict, gen: dict, peaks: dict, n_params: int) -> dict:
     return out
 
 
-# Default graph, session 4 run 3 (NOTES.md: empty cache, idle, 3,576 s wall): seconds of the stages
-# whose work is mainly decoding or scoring with the LM (model loading and their other work
-# included, so the share is an upper bound; the stage timings are not recorded in dvc.lock).
-DECODE_SCORE_STAGES_S = {"mt_errors": 147 + 129 + 163, "taco_data": 81 + 95 + 19, "rm_transfer": 169 + 9 + 8,
-                         "taco_eval": 8 + 48 + 113, "laft_eval": 144 + 99 + 92, "culture_augment": 188 + 15 + 16,
-                         "culture_eval": 127 + 107 + 124}
-DEFAULT_GRAPH_S = 3576
-
-
 def generate_summary(gen: dict, peaks: dict, n_params: int) -> dict:
     """Decoding and scoring rates, model GFLOP/s (2 N a token) over the fp32 matmul peak, the
     pre-scored head against the fp32 output layer in the same run, and the default graph's
-    decode/score share (an estimate from recorded stage seconds: DECODE_SCORE_STAGES_S)."""
+    decode/score share from the newest recorded run (bench/stage_seconds.py, bench/results/)."""
     batches = {k: v for k, v in gen.items() if k.startswith("batch_") and k.split("_")[1].isdigit() and len(k.split("_")) == 2}
     name, best = max(batches.items(), key=lambda kv: kv[1]["tokens_per_s"])
     gflops = lambda r: 2 * n_params * r / 1e9  # noqa: E731
@@ -159,8 +149,15 @@ def generate_summary(gen: dict, peaks: dict, n_params: int) -> dict:
         out |= {"scoring_text_tokens_per_s": sc["text_bits"]["tokens_per_s"],
                 "scoring_options_tokens_per_s": sc["options_shared"]["tokens_per_s"],
                 "scoring_shared_context_speedup": sc["options_shared"]["speedup"]}
-    share = sum(DECODE_SCORE_STAGES_S.values()) / DEFAULT_GRAPH_S
-    return out | {"default_graph_decode_score_share_estimate": round(share, 3)}
+    from stage_seconds import latest
+
+    graph = latest(ROOT / "bench" / "results")
+    if graph is None:
+        return out | {"default_graph_decode_score_share": None, "default_graph_note": "no recorded default-graph run "
+                      "(bench/stage_seconds.py)"}
+    return out | {"default_graph_decode_score_share": graph["decode_score_share"],
+                  "default_graph_stage_s": graph["stage_s"], "default_graph_run": graph["file"],
+                  "default_graph_hardware": graph.get("hardware")}
 
 
 def main(argv=None) -> int:

@@ -157,7 +157,7 @@ def prescore_kinds(weight: torch.Tensor) -> tuple[str, ...]:
     no fbgemm, no bf16). POLYALIGN_PRESCORE=off|fp16|bf16 forces one (tests, bench)."""
     import os
 
-    from pipeline.train import cpu_has_bf16
+    from pipeline.provenance import cpu_has_bf16
 
     forced = os.environ.get("POLYALIGN_PRESCORE", "")
     if forced:

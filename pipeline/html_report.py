@@ -174,12 +174,23 @@ def direction(r: dict) -> str:
 
 
 # --------------------------------------------------------------------------- markdown
+def machines_text(rows: list[dict]) -> str:
+    """Which machines made these rows (each row's `machine`), and what differs between kinds."""
+    machines = sorted({r["machine"] for r in rows if r.get("machine")})
+    if not machines:
+        return "Machine: not recorded."
+    return (f"Machine{'s' if len(machines) > 1 else ''}: {', '.join(machines)}. '+bf16' marks a CPU with bf16 matrix "
+            "units (AVX512-BF16/AMX): it trains in bf16 autocast where others train in fp32 (train.mixed_precision: "
+            "auto), so losses and scores differ in their last digits and times differ several-fold between the two.")
+
+
 def render_markdown(rows: list[dict], correlations: list[dict], packs: list[str]) -> str:
     lines = ["# polyalign scorecard", "",
              f"Packs: {', '.join(packs)} (and {SHARED}: stages that run once). Each cell: value [95% CI]; "
              "comparison rows add Δ [paired 95% CI] vs the named baseline, the verdict and n (see "
              "README, 'Reading a verdict'); n/a = could not run (see the note). Numbers in one row compare "
              "languages only where the metric allows it (see notes).", ""]
+    lines += [machines_text(rows), ""]
     lines += _md_summary(rows)
     empty = [p for p in packs if not any(r["pack"] == p for r in rows)]
     if empty:
@@ -457,6 +468,7 @@ def render_html(rows: list[dict], correlations: list[dict], packs: list[str]) ->
              "[95% CI]; comparison rows add Δ [paired 95% CI] vs the named baseline, the verdict and n. Only "
              "supported verdicts are coloured (green better, red worse); 'no difference shown' and "
              "'underpowered' are grey. n/a = could not run, the footnote says why.</p>"]
+    parts.append(f"<p>{html.escape(machines_text(rows))}</p>")
     empty = [p for p in packs if not any(r["pack"] == p for r in rows)]
     if empty:
         parts.append(f"<p>No rows yet from: {html.escape(', '.join(empty))}.</p>")

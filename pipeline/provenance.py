@@ -34,15 +34,25 @@ def package_versions(names=PACKAGES) -> dict[str, str]:
     return out
 
 
-def hardware() -> str:
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays off."""
     try:
-        import torch
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
-        if torch.cuda.is_available():
-            return f"cuda:{torch.cuda.get_device_name(0)}"
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
-    return f"cpu:{platform.machine()}x{os.cpu_count()}"
+
+def hardware() -> str:
+    """`cuda:<device>`, or `cpu:<arch>x<cores>:<torch's CPU capability>[+bf16]`, e.g.
+    `cpu:x86_64x2:avx512+bf16` or `cpu:x86_64x2:avx2`: machines with bf16 matrix units train in
+    bf16 autocast (`train.mixed_precision: auto`) and take other fast paths, so every figure names it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return f"cpu:{platform.machine()}x{os.cpu_count()}:{capability}{'+bf16' if cpu_has_bf16() else ''}"
 
 
 def signature(**parts) -> str:

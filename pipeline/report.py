@@ -22,7 +22,7 @@ from pipeline.paths import SHARED as SHARED  # re-exported: the scorecard module
 from pipeline.paths import results_dir
 
 Verdict = Literal["better", "worse", "no difference shown", "underpowered"]
-OPTIONAL = ("note", "baseline_name", "delta_ci_low", "delta_ci_high", "verdict", "mde", "n_needed", "n_docs")
+OPTIONAL = ("note", "baseline_name", "delta_ci_low", "delta_ci_high", "verdict", "mde", "n_needed", "n_docs", "machine")
 
 
 class ScorecardRow(BaseModel):
@@ -50,6 +50,7 @@ class ScorecardRow(BaseModel):
     mde: float | None = Field(default=None, gt=0)      # minimal effect of interest (params stats.mde)
     n_needed: int | None = Field(default=None, ge=0)   # about how many items would decide it
     n_docs: int | None = Field(default=None, ge=0)     # documents (clusters) the n items come from
+    machine: str | None = None  # provenance.hardware() of the run that made it, e.g. cpu:x86_64x2:avx512+bf16
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -50,13 +50,22 @@ def gather(pack: str) -> list[dict]:
         kind = KIND[kind_of(pack)]
     rows = []
     for file in sorted(results_dir(pack).glob("*.rows.json")):
+        machine = _machine(file.with_name(file.name.removesuffix(".rows.json") + ".json"))
         for i, item in enumerate(_read_rows(file)):
             for key, want in (("pack", pack), ("kind", kind)):
                 if want is not None and item[key] != want:
                     raise PolyalignError(file, f"[{i}].{key}", f"'{item[key]}' in the scorecard of pack '{pack}'",
                                          f"use '{want}'")
-            rows.append(item)
+            rows.append(item if machine is None or item.get("machine") else {**item, "machine": machine})
     return rows
+
+
+def _machine(metrics_file: Path) -> str | None:
+    """The `hw:` field of a stage's metrics signature (provenance.hardware()), or None."""
+    if not metrics_file.exists():
+        return None
+    signature = str(io.read_json(metrics_file).get("signature", ""))
+    return next((part[3:] for part in signature.split("|") if part.startswith("hw:")), None)
 
 
 def write_pack_scorecard(pack: str) -> None:

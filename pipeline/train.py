@@ -34,6 +34,7 @@ from pipeline.batching import bucket_batches, collate, collate_packed, encode_ex
 from pipeline.errors import PolyalignError
 from pipeline.lm_parts import CausalLMLoss, RewardLoss, label_support, lm_parts, mass_support, packing_honoured
 from pipeline.losses import lr_at
+from pipeline.provenance import cpu_has_bf16
 
 log = logging.getLogger("polyalign.train")
 
@@ -126,15 +127,6 @@ def settings(cfg: dict) -> dict:
             raise PolyalignError("params.yaml", key, f"'{out[key]}' is not one of {list(allowed)}",
                                  f"use one of {list(allowed)}")
     return out
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def resolve_precision(setting: str) -> str:

@@ -53,7 +53,7 @@ def make_repo(root: Path) -> Path:
     for pack in LANGS:
         acc = 0.99
         write_stage(pack, "data", {}, [row(pack, "language", "data", "lid_accuracy", acc, ci=(0.97, 1.0), n=400)],
-                    "sig")
+                    "sig|hw:cpu:x86_64x2:avx512+bf16")
         bpb = rng.uniform(1.5, 3)
         write_stage(pack, "laft_eval", {}, [row(pack, "language", "laft_eval", "bits_per_byte", bpb - 0.3,
                                                 ci=(bpb - 0.35, bpb - 0.25), baseline=bpb, n=300,
@@ -124,8 +124,11 @@ def test_scorecard_gathers_and_validates(repo):
     rows = json.loads(pack_scorecard_path("nya").read_text())
     assert {r["stage"] for r in rows} == {"data", "laft_eval", "mt_errors"}
     assert rows == gather("nya")
-    assert all(set(r) - {"note"} == {"pack", "kind", "stage", "metric", "value", "ci_low", "ci_high", "baseline",
-                                     "delta", "n", "higher_is_better"} for r in rows)
+    assert all(set(r) - {"note", "machine"} == {"pack", "kind", "stage", "metric", "value", "ci_low", "ci_high",
+                                                "baseline", "delta", "n", "higher_is_better"} for r in rows)
+    # each row names the machine of its stage's signature (hw:), where the stage recorded one
+    assert {r["stage"]: r.get("machine") for r in rows} == {"data": "cpu:x86_64x2:avx512+bf16", "laft_eval": None,
+                                                           "mt_errors": None}
 
 
 def test_shared_stages_are_gathered_and_joined(built_repo):
@@ -137,6 +140,12 @@ def test_shared_stages_are_gathered_and_joined(built_repo):
     joined = json.loads((built_repo / "reports" / "scorecard.json").read_text())
     assert [r for r in joined if r["pack"] == SHARED] == shared
     assert "## rm_train (language)" in (built_repo / "reports" / "scorecard.md").read_text()
+
+
+def test_report_names_the_machines_of_its_rows(built_repo):
+    text = (built_repo / "reports" / "scorecard.md").read_text()
+    assert "Machine: cpu:x86_64x2:avx512+bf16. '+bf16' marks a CPU with bf16 matrix units" in text
+    assert "Machine: cpu:x86_64x2:avx512+bf16." in (built_repo / "reports" / "index.html").read_text()
 
 
 def test_shared_scorecard_refuses_a_pack_row(repo):
