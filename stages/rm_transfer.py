@@ -307,11 +307,15 @@ def translated_sets(translator, primary: str, cfg: dict, src: dict) -> dict:
 
 def write_unmeasurable(pack_id: str, metrics: dict, note: str, sig: str) -> None:
     """Rows with value None when there is nothing sound to measure (never made-up numbers); the
-    stage's folders hold a status.json with the reason, so DVC still finds its outputs."""
+    stage's folders hold a status.json with the reason and its curve file only a header (nothing
+    trained), so DVC still finds its outputs."""
+    from pipeline.train import curve_tsv
+
     for folder in (repo_root() / "models" / pack_id / "rm_tt", data_dir(pack_id) / STAGE):
         with io.atomic_path(folder) as tmp:
             tmp.mkdir()
             io.write_json(tmp / "status.json", {"measured": False, "reason": note})
+    io.write_text(results_dir(pack_id) / f"{STAGE}_tt_curve.tsv", curve_tsv([], columns=4))
     rows = [row(pack_id, "language", STAGE, metric, None, note=note) for metric in
             ("zero_shot_accuracy", "translate_train_accuracy", "wrong_language_preference", "bon_reward_gain")]
     write_stage(pack_id, STAGE, metrics, rows, sig)

@@ -339,3 +339,22 @@ def test_translator_gate_follows_taco_datas_measurement(repo_copy):
     assert translator_gate("nya", "apertium:en-ny") is None  # another translator was not judged
     io.write_json(meta, {"usable": True, "translator": "llm-icl:x"})
     assert translator_gate("nya", "llm-icl:x") is None
+
+
+def test_unmeasurable_transfer_still_writes_every_declared_output(repo_copy):
+    """A pack whose translator failed taco_data's gate gets null rows with the reason, and every
+    output dvc.yaml declares for rm_transfer exists (the curve as a header only): DVC can go on."""
+    import json
+
+    import yaml
+
+    from stages.rm_transfer import write_unmeasurable
+
+    write_unmeasurable("nya", {"eval_pairs": 0, "tt_pairs": 0}, "not measured: the translator failed", "sig")
+    outs = yaml.safe_load((repo_copy / "dvc.yaml").read_text())["stages"]["rm_transfer"]["outs"]
+    for out in outs:
+        path = next(iter(out)) if isinstance(out, dict) else out
+        assert (repo_copy / path.replace("${item.lang}", "nya")).exists(), path
+    assert (repo_copy / "results" / "nya" / "rm_transfer_tt_curve.tsv").read_text() == "step\ttokens\tloss\tlr\n"
+    rows = json.loads((repo_copy / "results" / "nya" / "rm_transfer.rows.json").read_text())
+    assert rows and all(r["value"] is None and "translator failed" in r["note"] for r in rows)
