@@ -313,6 +313,27 @@ def test_prescored_head_gives_the_exact_top_k_within_its_bound(monkeypatch, kind
     assert G._Head(model).pre[kind] is head.pre[kind]  # built once per weight
 
 
+@pytest.mark.parametrize("kind", ["fp16", "bf16"])
+def test_prescored_head_works_piece_by_piece_across_the_vocabulary(monkeypatch, kind):
+    """Pieces smaller than the vocabulary (the last one smaller than k): the running top k across
+    pieces still gives the exact top k and argmax of the full logits, the winners in any piece."""
+    monkeypatch.setenv("POLYALIGN_PRESCORE", kind)
+    monkeypatch.setattr(G, "PRESCORE_PIECE", 700)  # 5000 = 7 pieces of 700 + one of 100
+    monkeypatch.setattr("pipeline.lm_parts.lm_parts", lambda m: (None, m.lm_head.weight, None))
+    torch.manual_seed(2)
+    weight = torch.randn(5000, 48) * 0.05
+    hidden = torch.randn(9, 48) * 3
+    weight[4950] = hidden[0] / hidden[0].norm()  # row 0's winner in the short last piece
+    head = G._Head(_HeadOnly(weight))
+    assert len(head.pre[kind].pieces) == 8
+    full = hidden @ weight.t()
+    assert head.argmax(hidden).tolist() == full.argmax(-1).tolist() and head.argmax(hidden)[0] == 4950
+    for k in (5, 150, 300):  # k larger than the last piece
+        vals, ids = head.topk(hidden, k)
+        assert ids.tolist() == full.topk(k).indices.tolist()
+        assert torch.allclose(vals, full.topk(k).values, atol=1e-5)
+
+
 def test_head_takes_fp16_for_few_rows_and_bf16_for_many_where_both_run(monkeypatch):
     """On a CPU with bf16 units both first passes exist: fbgemm's fp16 below
     BF16_PRESCORE_MIN_ROWS rows, bf16 from there on, each giving the exact argmax."""
