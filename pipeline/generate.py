@@ -470,11 +470,14 @@ def _append_in_place(layer, key_states: torch.Tensor, value_states: torch.Tensor
 
 
 def _batch_op(layer, op) -> None:
-    """batch_select_indices / batch_repeat_interleave of an in-place layer: on its buffer, views kept."""
+    """batch_select_indices / batch_repeat_interleave of an in-place layer: on its buffer, views kept;
+    on keys/values themselves once a sliding layer is back to transformers' own update."""
     if layer._room is not None:
         n = layer.keys.shape[-2]
         layer._room = [op(t) for t in layer._room]
         layer.keys, layer.values = layer._room[0][:, :, :n], layer._room[1][:, :, :n]
+    elif layer.is_initialized and layer.keys.numel():
+        layer.keys, layer.values = op(layer.keys), op(layer.values)
 
 
 def _in_place_cache(cache) -> None:
