@@ -124,15 +124,19 @@ def bpb_all(pack_id: str, sets: dict, bits: dict, metrics: dict) -> list[dict]:
 
 
 def tokenizer_rows(pack: str, tok, sets: dict, metrics: dict) -> list[dict]:
-    """Fertility, characters per token and byte-fallback share on the NTREX sample; target rows have English as baseline."""
+    """Fertility, characters per token and byte-fallback share on the NTREX sample, target and English
+    (the parallel sentences): context for reading bits per byte across languages, not a comparison
+    of methods, so no baseline or delta (those rows carry paired intervals and verdicts)."""
     texts = {"target": sets[("ntrex", "target")], "english": sets[("ntrex", "eng")]}
     stats = {side: tokenizer_stats(tok, [r["text"] for r in rows]) for side, rows in texts.items()}
     out = []
     for key, hib in TOKENIZER_METRICS.items():
         for side in ("english", "target"):
             metrics[f"{key}_{side}"] = stats[side][key]
+            note = (f"context: English on the parallel sentences {stats['english'][key]:.3g}" if side == "target"
+                    else None)
             out.append(row(pack, "language", STAGE, f"{key}_{side}", stats[side][key], n=stats[side]["words"],
-                           higher_is_better=hib, baseline=stats["english"][key] if side == "target" else None))
+                           higher_is_better=hib, note=note))
     metrics |= {f"tokens_{side}": s["tokens"] for side, s in stats.items()}
     return out
 

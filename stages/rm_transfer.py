@@ -224,14 +224,23 @@ def matched_note(fit: dict, src: dict, tt_pairs: int) -> str:
             f"{src.get('loss_last') or float('nan'):.3f}; baseline: zero-shot transfer")
 
 
+def versus_constant(pack_id: str, metric: str, hits, constant: float, name: str, note: str,
+                    higher_is_better: bool = True) -> dict:
+    """A share of items (per-item 0/1, ties 1/2) against a fixed rate (indifference, chance): its Wilson
+    interval, shifted by the constant, is the interval of the difference (the constant has no spread)."""
+    share = acc_ci(hits)
+    return comparison(pack_id, "language", STAGE, metric, share[0], constant, ci=share[1:], n=len(hits),
+                      delta_ci=tuple(x - constant for x in share), baseline_name=name,
+                      higher_is_better=higher_is_better, note=note)
+
+
 def probe_rows(pack_id: str, m: dict, primary: str) -> list[dict]:
     note = ("share of items where the RM scores the English answer above the same answer in the language, "
             "given the prompt in the language (0.5: indifferent)")
-    return [ci_row(pack_id, "wrong_language_preference", bootstrap_ci(m[primary]["wrong_language"]),
-                   len(m[primary]["wrong_language"]), higher_is_better=False, baseline=0.5, note=note),
-            ci_row(pack_id, "wrong_language_preference_tt", bootstrap_ci(m["tt"]["wrong_language"]),
-                   len(m["tt"]["wrong_language"]), higher_is_better=False, baseline=0.5,
-                   note="the same probe for the translate-train RM")]
+    return [versus_constant(pack_id, "wrong_language_preference", m[primary]["wrong_language"], 0.5, "indifferent",
+                            note, higher_is_better=False),
+            versus_constant(pack_id, "wrong_language_preference_tt", m["tt"]["wrong_language"], 0.5, "indifferent",
+                            "the same probe for the translate-train RM", higher_is_better=False)]
 
 
 def judged_row(pack_id: str, metric: str, gain: np.ndarray, picker: str, judge: str, n: int) -> dict:
@@ -257,8 +266,8 @@ def bon_rows(pack_id: str, bon: dict, ctx: dict) -> list[dict]:
                    float(np.mean(bon["random_fidelity"])), n=P, baseline_name="random pick",
                    delta_ci=paired_delta(bon["pick_fidelity"], bon["random_fidelity"]),
                    note=ctx["lid_note"] or f"share of source-RM picks in the language; baseline: a random pick of {n}"),
-        ci_row(pack_id, "bon_agreement_tt", bootstrap_ci(bon["agreement"]), P, baseline=1.0 / n,
-               note=f"translate-train RM picks the same sample; baseline: chance 1/{n}"),
+        versus_constant(pack_id, "bon_agreement_tt", bon["agreement"], 1.0 / n, "chance",
+                        f"translate-train RM picks the same sample; baseline: chance 1/{n}"),
     ]
 
 

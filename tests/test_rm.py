@@ -316,6 +316,12 @@ def test_rm_train_then_transfer_write_models_and_rows(rm_repo):
         assert rows[metric]["verdict"] is not None, metric
     assert "baseline_name" not in rows["bon_reward_gain"]  # self-judged: context only
     assert rows["wrong_language_preference"]["higher_is_better"] is False
+    # every row with a delta has its paired interval and a verdict; shares stay within [0, 1] (Wilson)
+    for metric in ("wrong_language_preference", "wrong_language_preference_tt", "bon_agreement_tt"):
+        r = rows[metric]
+        assert r["verdict"] is not None and r["delta_ci_low"] <= r["delta"] <= r["delta_ci_high"], metric
+        assert 0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1, metric
+    assert all(r["verdict"] is not None for r in rows.values() if r.get("delta") is not None)
     samples = pio.read_jsonl(rm_repo / "data" / "glg" / "rm_transfer" / "bon_samples.jsonl")
     assert len(samples) == rows["bon_reward_gain"]["n"] and all(len(s["samples"]) == 2 for s in samples)
     metrics = pio.read_json(rm_repo / "results" / "glg" / "rm_transfer.json")
