@@ -25,6 +25,7 @@ import time
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from pipeline.batching import start_ids
 from pipeline.errors import PolyalignError
@@ -288,10 +289,10 @@ class _Head:
     topk: a low-precision pass over all V rows (_Prescore: fbgemm's fp16 weights on x86, bf16 on
     CPUs with bf16 units from BF16_PRESCORE_MIN_ROWS rows) gives approximate logits y with a proven
     bound B on their error; a token whose y is more than 2B below the k-th largest y cannot be
-    among the true top k. The rows that
-    remain (a few dozen to a few hundred of 262k on gemma-3-270m) are scored exactly in the
-    model's dtype, so the argmax is that of the full logits (up to ties within float rounding:
-    the exact products are summed in another order than a full GEMM's)."""
+    among the true top k. The rows that remain (a few dozen to a few hundred of 262k on
+    gemma-3-270m) are scored exactly in the model's dtype, so the argmax is that of the full
+    logits (up to ties within float rounding: the exact products are summed in another order
+    than a full GEMM's)."""
 
     def __init__(self, model):
         from pipeline.lm_parts import lm_parts
@@ -455,60 +456,70 @@ class _Sampler:
         return ids.gather(1, pick).squeeze(1)
 
 
-def _append_in_place(layer, key_states: torch.Tensor, value_states: torch.Tensor):
-    """Write new key/value states after the cached ones in a buffer whose capacity doubles when
-    full, and point layer.keys/values at the filled part (views: the same values torch.cat gives)."""
-    n, q = layer.keys.shape[-2] if layer._room is not None else 0, key_states.shape[-2]
-    if layer._room is None or n + q > layer._room[0].shape[-2]:
-        old = layer._room
-        layer._room = [t.new_empty(*t.shape[:2], max(2 * (n + q), 64), t.shape[-1]) for t in (key_states, value_states)]
-        if old is not None:
-            layer._room[0][:, :, :n], layer._room[1][:, :, :n] = layer.keys, layer.values
-    layer._room[0][:, :, n:n + q], layer._room[1][:, :, n:n + q] = key_states, value_states
-    layer.keys, layer.values = layer._room[0][:, :, :n + q], layer._room[1][:, :, :n + q]
-    return layer.keys, layer.values
+class _InPlace:
+    """Cache-layer mixin: new key/value states are written after the cached ones in a buffer whose
+    capacity doubles when full, and keys/values are views of its filled part (the values torch.cat
+    gives). transformers' layers concatenate the whole cache with each new position (torch.cat, 21%
+    of gemma-3-270m's decoding time at 32 rows, AVX512-BF16 EPYC); here a step writes one position."""
+
+    _room: list[torch.Tensor] | None = None
+
+    def _append(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        n, q = self.keys.shape[-2] if self._room is not None else 0, key_states.shape[-2]
+        if self._room is None or n + q > self._room[0].shape[-2]:
+            old = self._room
+            self._room = [t.new_empty(*t.shape[:2], max(2 * (n + q), 64), t.shape[-1]) for t in (key_states, value_states)]
+            if old is not None:
+                self._room[0][:, :, :n], self._room[1][:, :, :n] = self.keys, self.values
+        self._room[0][:, :, n:n + q], self._room[1][:, :, n:n + q] = key_states, value_states
+        self.keys, self.values = self._room[0][:, :, :n + q], self._room[1][:, :, :n + q]
+        return self.keys, self.values
+
+    def _batch_op(self, op) -> None:
+        """On the buffer (views kept), or on keys/values once a sliding layer is back to transformers' update."""
+        if self._room is not None:
+            n = self.keys.shape[-2]
+            self._room = [op(t) for t in self._room]
+            self.keys, self.values = self._room[0][:, :, :n], self._room[1][:, :, :n]
+        elif self.is_initialized and self.keys.numel():
+            self.keys, self.values = op(self.keys), op(self.values)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._batch_op(lambda t: t[indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._batch_op(lambda t: t.repeat_interleave(repeats, dim=0))
 
 
-def _batch_op(layer, op) -> None:
-    """batch_select_indices / batch_repeat_interleave of an in-place layer: on its buffer, views kept;
-    on keys/values themselves once a sliding layer is back to transformers' own update."""
-    if layer._room is not None:
-        n = layer.keys.shape[-2]
-        layer._room = [op(t) for t in layer._room]
-        layer.keys, layer.values = layer._room[0][:, :, :n], layer._room[1][:, :, :n]
-    elif layer.is_initialized and layer.keys.numel():
-        layer.keys, layer.values = op(layer.keys), op(layer.values)
+class _InPlaceLayer(_InPlace, DynamicLayer):
+    def update(self, key_states, value_states, cache_kwargs=None):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states)
+        return self._append(key_states, value_states)
+
+
+class _InPlaceSlidingLayer(_InPlace, DynamicSlidingWindowLayer):
+    """Appends in place until the window is full, then does what transformers does (keeps the last
+    window - 1 positions)."""
+
+    def update(self, key_states, value_states, cache_kwargs=None):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states)
+        if self.cumulative_length + key_states.shape[-2] > self.sliding_window - 1:
+            if self._room is not None:
+                self.keys, self.values, self._room = self.keys.clone(), self.values.clone(), None
+            return super().update(key_states, value_states, cache_kwargs)
+        self.cumulative_length += key_states.shape[-2]
+        return self._append(key_states, value_states)
 
 
 def _in_place_cache(cache) -> None:
-    """Give a DynamicCache's layers in-place appends. transformers' DynamicLayer concatenates the whole
-    cache with each new position (torch.cat, 21% of gemma-3-270m's decoding time at 32 rows, AVX512-BF16
-    EPYC); here a step writes one position. Sliding-window layers append in place until the window is
-    full, then do what transformers does (keep the last window - 1 positions)."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    for layer in cache.layers:
-        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
-            continue
-        layer._room = None
-        sliding = type(layer) is DynamicSlidingWindowLayer
-        parent = type(layer)
-
-        def update(key_states, value_states, cache_kwargs=None, layer=layer, sliding=sliding, parent=parent):
-            if not layer.is_initialized:
-                layer.lazy_initialization(key_states)
-            if sliding:
-                if layer.cumulative_length + key_states.shape[-2] > layer.sliding_window - 1:
-                    if layer._room is not None:  # the window is full: back to transformers' own update
-                        layer.keys, layer.values, layer._room = layer.keys.clone(), layer.values.clone(), None
-                    return parent.update(layer, key_states, value_states, cache_kwargs)
-                layer.cumulative_length += key_states.shape[-2]
-            return _append_in_place(layer, key_states, value_states)
-
-        layer.update = update
-        layer.batch_select_indices = lambda indices, layer=layer: _batch_op(layer, lambda t: t[indices])
-        layer.batch_repeat_interleave = lambda repeats, layer=layer: _batch_op(
-            layer, lambda t: t.repeat_interleave(repeats, dim=0))
+    """Swap a fresh DynamicCache's layers for their in-place-appending versions (_InPlace)."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer:
+            cache.layers[i] = _InPlaceLayer()
+        elif type(layer) is DynamicSlidingWindowLayer:
+            cache.layers[i] = _InPlaceSlidingLayer(sliding_window=layer.sliding_window)
 
 
 def _prefill(model, body, seqs: list[list[int]], budget: int, pad: int, copies: int):

@@ -28,9 +28,10 @@ log = logging.getLogger("polyalign")
 
 def check_watched(name: str, field: str) -> None:
     """A local model folder must sit under models/local/, where DVC sees its files change."""
-    if name in registry() or not Path(name).expanduser().exists():
+    path = Path(name).expanduser()
+    if name in registry() or not path.exists():
         return
-    if not inside(Path(name).expanduser(), repo_root() / LOCAL):
+    if not inside(path, repo_root() / LOCAL):
         raise PolyalignError("params.yaml", field, f"local model folder {name} is outside {LOCAL}/, so DVC would not "
                              "see its files change", f"move it (or a copy) to {LOCAL}/<name> and set {field} to "
                              "that path")
