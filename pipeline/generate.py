@@ -522,33 +522,111 @@ def _in_place_cache(cache) -> None:
             cache.layers[i] = _InPlaceSlidingLayer(sliding_window=layer.sliding_window)
 
 
-def _prefill(model, body, seqs: list[list[int]], budget: int, pad: int, copies: int):
-    """Run the prompts once through the decoder `body`: (hidden state of each row's last position
-    (B * copies, d), cache, mask,
-    position ids, cache position), every prompt's state repeated `copies` times (rows of one
-    prompt stay together). The prefix all rows share (_shared_prefix) runs once."""
+# A prefill forward pass costs about this many prompt tokens' worth of time on top of its tokens
+# (18 layer calls, small GEMMs, masks): the price of one more length group in _length_groups.
+PREFILL_CALL_TOKENS = 32
+
+
+def _length_groups(lengths: list[int], overhead: int) -> list[list[int]]:
+    """Rows (indices into `lengths`) in groups of similar length, each to be prefilled as its own
+    left-padded batch: of all splits of the rows sorted by length, the one with the fewest padded
+    tokens plus `overhead` per group (dynamic programming over the cut points)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best, cut = [0] + [math.inf] * len(order), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * lengths[order[i]] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _new_cache(model):
     from transformers import DynamicCache
 
-    device = _device(model)
     cache = DynamicCache(config=model.config)
     _in_place_cache(cache)
-    shared = _shared_prefix(model, seqs, budget)
-    if shared:
-        positions = torch.arange(shared, device=device)
-        body(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
-             position_ids=positions[None], cache_position=positions, use_cache=True)
-        cache.batch_repeat_interleave(len(seqs))
-    ids, mask = _left_pad([s[shared:] for s in seqs], pad)
+    return cache
+
+
+def _run_rows(body, cache, rows: list[list[int]], shared: int, pad: int, device):
+    """Left-padded `rows` through `body` after the `shared` positions already in `cache`:
+    (hidden state of each row's last position, attention mask over the whole cache)."""
+    ids, mask = _left_pad(rows, pad)
     ids, mask = ids.to(device), mask.to(device)
     position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1) + shared
     full_mask = torch.cat([mask.new_ones((mask.shape[0], shared)), mask], dim=-1)
     cache_position = torch.arange(shared, full_mask.shape[1], device=device)
     hidden = body(input_ids=ids, attention_mask=full_mask, position_ids=position, past_key_values=cache,
                   cache_position=cache_position, use_cache=True).last_hidden_state[:, -1]
+    return hidden, full_mask
+
+
+def _prefill(model, body, seqs: list[list[int]], budget: int, pad: int, copies: int):
+    """Run the prompts once through the decoder `body`: (hidden state of each row's last position
+    (B * copies, d), cache, mask, cache position), every prompt's state repeated `copies` times
+    (rows of one prompt stay together). The prefix all rows share (_shared_prefix) runs once.
+
+    Rows of very different lengths are prefilled in length groups (_length_groups), each padded
+    only to its own longest row, and their caches laid out afterwards exactly as one left-padded
+    batch would have them (padding positions masked, their keys and values zero): on the bench's
+    32 translation prompts (21-84 tokens) one batch ran 2688 positions for 1366 real ones."""
+    device = _device(model)
+    cache = _new_cache(model)
+    shared = _shared_prefix(model, seqs, budget)
+    if shared:
+        positions = torch.arange(shared, device=device)
+        body(input_ids=torch.tensor([seqs[0][:shared]], device=device), past_key_values=cache,
+             position_ids=positions[None], cache_position=positions, use_cache=True)
+    own = [s[shared:] for s in seqs]
+    total = shared + max(map(len, own))
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    groups = _length_groups(list(map(len, own)), PREFILL_CALL_TOKENS)
+    if len(groups) > 1 and (window and total > window - 1 or not cache.layers
+                            or not all(isinstance(x, _InPlace) for x in cache.layers)):
+        groups = [list(range(len(seqs)))]  # a sliding window full during prefill: one batch, as transformers does
+    if len(groups) == 1:
+        cache.batch_repeat_interleave(len(seqs))
+        hidden, full_mask = _run_rows(body, cache, own, shared, pad, device)
+    else:
+        hidden, full_mask, cache = _grouped_prefill(model, body, cache, own, groups, shared, total, pad, device)
     if copies > 1:
         cache.batch_repeat_interleave(copies)
         hidden, full_mask = hidden.repeat_interleave(copies, 0), full_mask.repeat_interleave(copies, 0)
-    return hidden, cache, full_mask, cache_position[-1:]
+    return hidden, cache, full_mask, torch.tensor([total - 1], device=device)
+
+
+def _grouped_prefill(model, body, prefix, own, groups, shared: int, total: int, pad: int, device):
+    """_prefill by length groups: each group runs after a copy of the `prefix` cache (the shared
+    positions); its keys and values go right-aligned into one (B, heads, total, d) layout."""
+    rows = len(own)
+    _, mask = _left_pad(own, pad)
+    full_mask = torch.cat([mask.new_ones((rows, shared)), mask], dim=-1).to(device)
+    hidden, merged = None, None
+    for group in groups:
+        cache = _new_cache(model)
+        if shared:
+            for layer, p in zip(cache.layers, prefix.layers):
+                layer.update(p.keys.expand(len(group), -1, -1, -1), p.values.expand(len(group), -1, -1, -1))
+        h, _ = _run_rows(body, cache, [own[i] for i in group], shared, pad, device)
+        if hidden is None:
+            hidden = h.new_empty(rows, h.shape[-1])
+            merged = [[t.new_zeros(rows, *t.shape[1:-2], total, t.shape[-1]) for t in (x.keys, x.values)]
+                      for x in cache.layers]
+        idx = torch.tensor(group, device=device)
+        hidden[idx] = h
+        width = cache.layers[0].keys.shape[-2] - shared
+        for (k, v), x in zip(merged, cache.layers):
+            k[idx, ..., :shared, :], v[idx, ..., :shared, :] = x.keys[..., :shared, :], x.values[..., :shared, :]
+            k[idx, ..., total - width:, :], v[idx, ..., total - width:, :] = x.keys[..., shared:, :], x.values[..., shared:, :]
+    cache = _new_cache(model)
+    for layer, (k, v) in zip(cache.layers, merged):
+        layer.update(k, v)
+    return hidden, full_mask, cache
 
 
 def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], table: _LineEnd | None,

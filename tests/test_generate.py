@@ -228,6 +228,39 @@ def test_shared_prefix_runs_once_and_gives_hf_tokens(lm):
         assert G._shared_prefix(model, seqs, window) == 0
 
 
+def test_length_groups_split_where_padding_costs_more_than_a_pass():
+    assert G._length_groups([5, 5, 5], 32) == [[0, 1, 2]]  # nothing to save
+    assert G._length_groups([80, 10, 12, 78], 32) == [[0, 3], [2, 1]]  # 2 x 80 + 2 x 12 + 2 x 32 < 4 x 80 + 32
+    assert G._length_groups([80, 10, 12, 78], 1000) == [[0, 3, 2, 1]]  # a pass costs more than the padding
+    lengths = [21, 84, 33, 47, 62, 30, 45, 52]
+    groups = G._length_groups(lengths, 8)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    padded = sum(len(g) * max(lengths[i] for i in g) + 8 for g in groups)
+    assert padded <= len(lengths) * max(lengths) + 8  # never worse than one batch
+
+
+@pytest.mark.parametrize("shots", ["", "English: the house\nGalician: a casa\n"])
+def test_length_grouped_prefill_gives_the_one_batch_tokens(lm, monkeypatch, shots):
+    """Prompts of different lengths prefilled in separate groups (one a length, with the shared
+    prefix run once) and laid out as one left-padded cache: greedy gives HF's tokens for the
+    batch, sampling the same rows as one padded prefill."""
+    model, tok = lm
+    prompts = by_length(tok, [shots + f"English: {p}\nGalician:" for p in PROMPTS])
+    lengths = [len(G._encode_prompt(tok, p)) for p in prompts]
+    assert len(set(lengths)) >= 4
+    sample = dict(do_sample=True, temperature=1.0, top_p=0.9, num_return_sequences=2, seed=3)
+    monkeypatch.setattr(G, "PREFILL_CALL_TOKENS", 10**6)  # one group: the plain left-padded prefill
+    one = G.generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=8, **sample)
+    monkeypatch.setattr(G, "PREFILL_CALL_TOKENS", 0)  # a group per length
+    seen = []
+    grouped = G._grouped_prefill
+    monkeypatch.setattr(G, "_grouped_prefill", lambda *a, **k: seen.append(len(a[4])) or grouped(*a, **k))
+    ours = G.generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=8)
+    assert seen == [len(set(lengths))]
+    assert [r[0] for r in ours] == hf_greedy(model, tok, prompts, 10)
+    assert G.generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=8, **sample) == one
+
+
 def test_rows_leave_the_batch_after_the_sliding_window_fills(lm):
     """Past tiny-random's 64-position sliding window the in-place KV cache hands the sliding layers
     back to transformers' own update, and rows that end later still leave the batch (with their
