@@ -170,15 +170,28 @@ def prescore_kinds(weight: torch.Tensor) -> tuple[str, ...]:
 
 
 # Where both run, the bf16 GEMM is the faster first pass from this many rows on, fbgemm's fp16 below
-# (gemma-3-270m's 262k x 640 head, one thread, AMD EPYC with AVX512-BF16, 2026-12-02: 1 row 17 vs
-# 44 ms, 16 rows 38 vs 35-52 ms, 32 rows 99 vs 43 ms, 64 rows 217 vs 98 ms; fp16 then bf16).
-BF16_PRESCORE_MIN_ROWS = 24
+# (gemma-3-270m's 262k x 640 head in 16k-row pieces, oneDNN's pre-packed bf16 weights, 2 threads,
+# AMD EPYC with AVX512-BF16, 2026-12-07, ms for fp16 / bf16: 1 row 12.6 / 15.8, 4 rows 15.7 / 16.7,
+# 8 rows 19.4 / 19.6, 16 rows 39.4 / 24.9, 32 rows 71.7 / 41.8; unpacked bf16 was 22.8 at 1 row,
+# 56.1 at 32: oneDNN reorders a plain weight on every call).
+BF16_PRESCORE_MIN_ROWS = 8
 
 
 # Vocabulary rows per piece of the first pass: a piece's (rows, 16384) approximate logits stay in
 # cache while they are reduced; one (rows, 262k) fp32 tensor did not, and reducing it cost more than
 # the GEMM (gemma-3-270m, 32 rows, AVX512-BF16 EPYC: max over it 54 ms, the bf16 GEMM 41 ms).
 PRESCORE_PIECE = 16384
+
+
+# oneDNN's linear on weights reordered once into its blocked layout (the ops torch.compile's CPU
+# backend uses); a plain bf16 weight is reordered again by every matmul. The same products.
+_MKLDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _bf16_pack(low: torch.Tensor) -> torch.Tensor:
+    """A bf16 weight (c, d) as the bf16 first pass reads it: oneDNN's packed copy where it runs."""
+    return torch.ops.mkldnn._reorder_linear_weight(low, 32) if _MKLDNN_LINEAR else low
 
 
 class _Prescore:
@@ -200,7 +213,8 @@ class _Prescore:
             low = rows.to(dtype)
             self.err = max(self.err, float((rows - low.float()).norm(dim=1).max()))  # 0 for weights stored in bf16
             self.wnorm = max(self.wnorm, float(low.float().norm(dim=1).max()))
-            self.pieces.append((first, torch.ops.quantized.linear_prepack_fp16(rows, None) if kind == "fp16" else low))
+            self.pieces.append((first, torch.ops.quantized.linear_prepack_fp16(rows, None) if kind == "fp16"
+                                else _bf16_pack(low)))
         self.slack = 2 * w.shape[1] * 2.0 ** -24 * self.wnorm
         self.out_round = 2.0 ** -8 if kind == "bf16" else 0.0  # bf16 GEMM output is rounded to bf16
 
@@ -217,6 +231,8 @@ class _Prescore:
         """Approximate logits (R, piece) fp32 of one piece."""
         if self.kind == "fp16":
             return torch.ops.quantized.linear_dynamic_fp16(h_low, low)
+        if _MKLDNN_LINEAR:
+            return torch.ops.mkldnn._linear_pointwise(h_low, low, None, "none", [None], "").float()
         return (h_low @ low.t()).float()
 
     def approx(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
