@@ -13,6 +13,9 @@ pre-scored head (POLYALIGN_PRESCORE=off: outputs must be identical); sampling (t
 0.8, top-p 0.95, the model's top-k) ours vs the per-example `model.generate(do_sample=True)`
 loop; scoring (sum_logprobs) of NTREX sentences (bits per byte, every token scored) and of
 survey-like items (one question, several answer options: shared context vs one row each).
+The positions the prompts' forward pass runs (one padded batch vs the length groups), and, on CPUs
+with bf16 units, greedy with the decoder's linear layers in bf16: its speed and how often its tokens
+differ from the exact ones (it is not what the pipeline runs).
 
     python bench/bench_generate.py --prompts 32 --new 32 --batch-sizes 8 16 32 --out result.json
 """
@@ -166,6 +169,78 @@ def others(model, tok, texts: list[str], new: int, batch: int, greedy_ids: list[
     return out
 
 
+class _Bf16Body:
+    """While active, the decoder's linear layers take bf16 inputs and oneDNN's packed bf16 weights
+    (outputs back in fp32; norms, attention and the output layer as in the pipeline): not exact, so
+    not what pipeline.generate runs. Measured here for speed and for how often it changes the tokens."""
+
+    def __init__(self, model):
+        import torch
+
+        from pipeline.generate import _bf16_pack
+        from pipeline.lm_parts import lm_parts
+
+        self.layers = [m for m in lm_parts(model)[0].modules() if type(m) is torch.nn.Linear]
+        self.packed = [_bf16_pack(m.weight.detach().to(torch.bfloat16)) for m in self.layers]
+
+    def __enter__(self):
+        import torch
+
+        from pipeline import generate as G
+
+        self.fp16 = G._fp16_pack
+        G._fp16_pack = lambda m: None  # the fp16 layers would take over again
+        for m, w in zip(self.layers, self.packed):
+            bias = None if m.bias is None else m.bias.detach().to(torch.bfloat16)
+            m.forward = (lambda x, w=w, b=bias: torch.ops.mkldnn._linear_pointwise(
+                x.to(torch.bfloat16), w, b, "none", [None], "").to(x.dtype)) if G._MKLDNN_LINEAR else \
+                (lambda x, w=w, b=bias: torch.nn.functional.linear(x.to(torch.bfloat16), w, b).to(x.dtype))
+        return self
+
+    def __exit__(self, *exc):
+        from pipeline import generate as G
+
+        G._fp16_pack = self.fp16
+        for m in self.layers:
+            del m.forward
+
+
+def agreement(ids: list[list[int]], ref: list[list[int]]) -> dict:
+    """How far outputs follow the reference: identical rows, and the share of reference tokens
+    decoded before a row's first difference."""
+    common = lambda a, b: next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))  # noqa: E731
+    return {"identical_rows": sum(a == b for a, b in zip(ids, ref)) / len(ref),
+            "tokens_before_first_difference": sum(common(a, b) for a, b in zip(ids, ref)) / max(1, sum(map(len, ref)))}
+
+
+def bf16_body(model, tok, texts, new, batch, greedy_ids) -> dict:
+    """Greedy at batch `batch` with the decoder's linear layers in bf16 (_Bf16Body), on CPUs with bf16
+    matrix units: tokens/s and agreement with the exact greedy tokens `greedy_ids`."""
+    from pipeline.provenance import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        return {"skipped": "no bf16 matrix units (AVX512-BF16/AMX): bf16 GEMMs are emulated and slower than fp32"}
+    with _Bf16Body(model):
+        batched(model, tok, texts[:2], 2, 2)
+        ids, secs, cpu = batched(model, tok, texts, new, batch)
+    return rate(sum(map(len, ids)), secs, cpu) | agreement(ids, greedy_ids)
+
+
+def prefill_positions(tok, texts: list[str], batch: int) -> dict:
+    """Positions the prompts' forward pass runs at batch `batch`: one left-padded batch against
+    pipeline.generate's length groups (tokens of the prompts themselves for reference)."""
+    from pipeline import generate as G
+
+    out = {"prompt_tokens": 0, "one_batch": 0, "length_groups": 0}
+    lengths = sorted((len(G._encode_prompt(tok, t)) for t in texts), reverse=True)
+    for start in range(0, len(lengths), batch):
+        part = lengths[start:start + batch]
+        out["prompt_tokens"] += sum(part)
+        out["one_batch"] += len(part) * part[0]
+        out["length_groups"] += sum(len(g) * max(part[i] for i in g) for g in G._length_groups(part, G.PREFILL_CALL_TOKENS))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32)
@@ -200,6 +275,8 @@ def main(argv=None) -> int:
                                  "speedup_cpu_time": (tokens / cpu) / (base_tokens / base_cpu),
                                  "same_as_per_example": sum(a == b for a, b in zip(ids, base_ids)) / len(ids)}
     result |= others(model, tok, texts, args.new, max(args.batch_sizes), ids)
+    result["prefill_positions"] = prefill_positions(tok, texts, max(args.batch_sizes))
+    result[f"batch_{max(args.batch_sizes)}_bf16_body"] = bf16_body(model, tok, texts, args.new, max(args.batch_sizes), ids)
     result["scoring"] = scoring(model, tok, args.prompts)
     result["output_layer"] = head_shapes(model)
     result["peak_rss_gb"] = peak_rss_gb()

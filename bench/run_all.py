@@ -141,6 +141,15 @@ def generate_summary(gen: dict, peaks: dict, n_params: int) -> dict:
         full = gen[f"{big}_fp32_head"]
         out |= {"prescored_vs_fp32_head_same_run": batches[big]["tokens_per_s"] / full["tokens_per_s"],
                 "prescored_same_as_fp32_head": full["same_as_prescored"]}
+    bf16 = gen.get(f"{big}_bf16_body", {})
+    if "tokens_per_s" in bf16:
+        out |= {"bf16_body_tokens_per_s": bf16["tokens_per_s"],
+                "bf16_body_vs_exact_same_run": bf16["tokens_per_s"] / batches[big]["tokens_per_s"],
+                "bf16_body_identical_rows": bf16["identical_rows"]}
+    elif bf16:
+        out["bf16_body"] = bf16["skipped"]
+    if "prefill_positions" in gen:
+        out["prefill_positions"] = gen["prefill_positions"]
     sampled = next((v for k, v in gen.items() if k.startswith("sampled_batch_")), None)
     if sampled:
         out |= {"sampled_tokens_per_s": sampled["tokens_per_s"], "sampled_speedup": sampled["speedup"]}

@@ -25,6 +25,7 @@ def test_generate_summary_rates_utilisation_and_same_run_ratio():
            "batch_16": {"tokens_per_s": 60.0, "speedup": 6.0, "same_as_per_example": 1.0},
            "batch_16_fp32_head": {"tokens_per_s": 30.0, "same_as_prescored": 1.0},
            "sampled_batch_16": {"tokens_per_s": 50.0, "speedup": 5.0},
+           "batch_16_bf16_body": {"tokens_per_s": 90.0, "identical_rows": 0.9},
            "scoring": {"text_bits": {"tokens_per_s": 900.0},
                        "options_shared": {"tokens_per_s": 1200.0, "speedup": 2.5}}}
     out = run_all.generate_summary(gen, {"fp32": {"gflops": 100.0}}, n_params=250_000_000)
@@ -32,6 +33,7 @@ def test_generate_summary_rates_utilisation_and_same_run_ratio():
     assert out["greedy_gflops"] == 2 * 250e6 * 60 / 1e9 and out["greedy_utilisation_vs_fp32_peak"] == 0.3
     assert out["prescored_vs_fp32_head_same_run"] == 2.0 and out["sampled_speedup"] == 5.0
     assert out["scoring_shared_context_speedup"] == 2.5
+    assert out["bf16_body_vs_exact_same_run"] == 1.5 and out["bf16_body_identical_rows"] == 0.9
     assert out["default_graph_decode_score_share"] is None or 0 < out["default_graph_decode_score_share"] < 1
 
 
@@ -50,3 +52,30 @@ Running stage 'mt_errors@glg':
     assert out["stages"] == {"model_fingerprint": 0.2, "mt_errors@glg": 100.0, "laft@glg": 49.8}
     assert out["by_kind"] == {"mt_errors": 100.0, "laft": 49.8, "model_fingerprint": 0.2}
     assert out["wall_s"] == 155.0 and out["decode_score_share"] == round(100 / 150, 3)
+
+
+def test_agreement_counts_identical_rows_and_tokens_before_the_first_difference():
+    import bench_generate
+
+    ref = [[1, 2, 3, 4], [5, 6], [7, 8]]
+    out = bench_generate.agreement([[1, 2, 9, 9], [5, 6], [7]], ref)
+    assert out == {"identical_rows": 1 / 3, "tokens_before_first_difference": (2 + 2 + 1) / 8}
+
+
+def test_bf16_body_swaps_the_linear_layers_and_puts_them_back():
+    import bench_generate
+    import torch
+
+    from pipeline import generate as G
+    from pipeline.models import load_model
+
+    model, tok = load_model("tiny-random")
+    layer = next(m for m in model.modules() if type(m) is torch.nn.Linear and m is not model.lm_head)
+    x = torch.randn(3, layer.in_features)
+    exact, fp16 = layer(x), G._fp16_pack
+    with bench_generate._Bf16Body(model):
+        low = layer(x)
+        assert G._fp16_pack is not fp16 and low.dtype == torch.float32
+        assert torch.allclose(low, exact, rtol=0.05, atol=0.05) and not torch.equal(low, exact)
+        assert torch.equal(low, torch.nn.functional.linear(x.bfloat16(), layer.weight.bfloat16()).float())
+    assert "forward" not in vars(layer) and G._fp16_pack is fp16 and torch.equal(layer(x), exact)
