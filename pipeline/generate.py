@@ -8,7 +8,8 @@ Speed (bench/bench_generate.py, figures in reports/bench.json): prompts are sort
 length and generated in left-padded batches with the KV cache, so one pass over the
 weights (the 262k x 640 output layer alone is 671 MB in fp32) serves a whole batch
 instead of one sequence. Decoding (greedy and sampling) is our own loop (_decode): a row
-leaves the batch when it is done, a prefix all rows share runs once, and the next token comes
+leaves the batch when it is done, a prefix all rows share runs once, prompts of very different
+lengths run their forward pass in length groups (no padding to the longest), and the next token comes
 from _Head: the exact argmax / top-k of the logits found through a cheap fp16 (bf16 where the
 CPU has bf16 units) pass over the output layer with a proven error bound, plus an exact pass
 over the few rows the bound cannot rule out. Sampling draws from one seeded generator per row,
@@ -606,7 +607,8 @@ def _prefill(model, body, seqs: list[list[int]], budget: int, pad: int, copies: 
                             or not all(isinstance(x, _InPlace) for x in cache.layers)):
         groups = [list(range(len(seqs)))]  # a sliding window full during prefill: one batch, as transformers does
     if len(groups) == 1:
-        cache.batch_repeat_interleave(len(seqs))
+        if shared:
+            cache.batch_repeat_interleave(len(seqs))
         hidden, full_mask = _run_rows(body, cache, own, shared, pad, device)
     else:
         hidden, full_mask, cache = _grouped_prefill(model, body, cache, own, groups, shared, total, pad, device)

@@ -63,6 +63,7 @@ STAGE = "mt_errors"
 DIRS = {"en-xx": FORWARD, "xx-en": BACKWARD}
 # system name -> (the stage that trains it, its adapter under models/<lang>/)
 ADAPTERS = {"taco": ("taco_sft", "taco_sft/taco/adapter"), "laft": ("laft", "laft/adapter")}
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what a saved LoRA adapter is
 N_EXAMPLES = 3
 HUMAN = "human"  # the reference translation run through the error detectors (their false-positive floor)
 COPY = "copy-source"  # trivial baseline: the source sentence as the translation
@@ -83,7 +84,9 @@ class AdaptedIcl(LlmIcl):
         self.adapter = Path(adapter)
 
     def system_id(self) -> str:
-        files = sorted(p for p in self.adapter.rglob("*") if p.is_file())
+        """The base's id plus a digest of the adapter's weights and config (not its training.json,
+        whose timings differ on every run of the same training)."""
+        files = sorted(self.adapter / name for name in ADAPTER_FILES if (self.adapter / name).is_file())
         digest = sha256_text("".join(sha256_file(p) for p in files))[:12]
         return f"{super().system_id()}:adapter{digest}"
 

@@ -155,3 +155,22 @@ def test_apertium_batch_keeps_segments_apart(glg):
     out = backend.translate(["It has a * star", "Line two.", "the big", "red car is fast"], FORWARD)
     assert len(out) == 4 and "Liña" in out[1] and "coche" in out[3]
     assert backend.system_id().startswith("apertium:en-gl:apertium-en-gl=")
+
+
+def test_adapted_system_id_follows_the_weights_not_the_training_log(glg, repo_copy, tmp_path):
+    """mt_errors names an adapted system by its adapter's weights and config: a rerun that writes
+    new timings into training.json keeps the id, other weights change it."""
+    from stages.mt_errors import AdaptedIcl
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for name, text in (("adapter_config.json", "{}"), ("adapter_model.safetensors", "w1"),
+                       ("training.json", '{"wall_s": 40.1}'), ("README.md", "card")):
+        (adapter / name).write_text(text, encoding="utf-8")
+    system = AdaptedIcl(glg, adapter, "tiny-random", shots=2)
+    first = system.system_id()
+    assert first.startswith("llm-icl:tiny-random:") and ":adapter" in first
+    (adapter / "training.json").write_text('{"wall_s": 48.3}', encoding="utf-8")
+    assert system.system_id() == first
+    (adapter / "adapter_model.safetensors").write_text("w2", encoding="utf-8")
+    assert system.system_id() != first
