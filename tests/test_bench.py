@@ -79,3 +79,18 @@ def test_bf16_body_swaps_the_linear_layers_and_puts_them_back():
         assert torch.allclose(low, exact, rtol=0.05, atol=0.05) and not torch.equal(low, exact)
         assert torch.equal(low, torch.nn.functional.linear(x.bfloat16(), layer.weight.bfloat16()).float())
     assert "forward" not in vars(layer) and G._fp16_pack is fp16 and torch.equal(layer(x), exact)
+
+
+def test_noop_repro_is_not_timed_where_the_graph_is_not_built(tmp_path):
+    """A fresh clone has the committed results but not the outputs: timing `dvc repro` there would
+    run the graph. The bench says so and runs nothing."""
+    import subprocess
+
+    import bench_dvc
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
+    out = bench_dvc.noop_repro_seconds(tmp_path)
+    assert "does not say the graph is built" in out["skipped"] and not (tmp_path / "out.txt").exists()
