@@ -112,6 +112,30 @@ def test_greedy_matches_generate(family):
         assert row[0] == _trim(out[0, ids.shape[1]:].tolist(), stop), name
 
 
+def test_length_grouped_prefill_matches_generate(family, monkeypatch):
+    """Each prompt prefilled in its own length group, the caches merged into one left-padded
+    layout (zero keys and values in the padding): every family still decodes HF's tokens. Where
+    the prompts fill a sliding window (the tiny gemma3's 16 positions), one padded batch instead."""
+    from pipeline import generate as G
+
+    name, _, model, tok, _ = family
+    prompts = ["Moni?", "The president met the minister in Kathmandu on Tuesday", "Ola, que tal estades hoxe?"]
+    monkeypatch.setattr(G, "PREFILL_CALL_TOKENS", 0)
+    grouped = G._grouped_prefill
+    calls = []
+    monkeypatch.setattr(G, "_grouped_prefill", lambda *a: calls.append(a[4]) or grouped(*a))
+    ours = generate_ids(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    fits = not window or max(len(_encode_prompt(tok, p)) for p in prompts) <= window - 1
+    assert [len(c) for c in calls] == ([3] if fits else []), name
+    stop = _eos_ids(model, tok)
+    for prompt, row in zip(prompts, ours):
+        ids = torch.tensor([_encode_prompt(tok, prompt)])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        assert row[0] == _trim(out[0, ids.shape[1]:].tolist(), stop), name
+
+
 def test_packing_detected(family):
     name, _, model, _, packs = family
     assert packing_honoured(model) is packs, name
