@@ -192,10 +192,19 @@ class _Bf16Body:
         G._fp16_pack = lambda m: None  # the fp16 layers would take over again
         for m, w in zip(self.layers, self.packed):
             bias = None if m.bias is None else m.bias.detach().to(torch.bfloat16)
-            m.forward = (lambda x, w=w, b=bias: torch.ops.mkldnn._linear_pointwise(
-                x.to(torch.bfloat16), w, b, "none", [None], "").to(x.dtype)) if G._MKLDNN_LINEAR else \
-                (lambda x, w=w, b=bias: torch.nn.functional.linear(x.to(torch.bfloat16), w, b).to(x.dtype))
+            m.forward = lambda x, w=w, b=bias: self.linear(x.to(torch.bfloat16), w, b).to(x.dtype)
         return self
+
+    @staticmethod
+    def linear(x, w, b):
+        """bf16 x @ w.T + b on the weight as _bf16_pack left it (oneDNN-packed where it runs)."""
+        import torch
+
+        from pipeline import generate as G
+
+        if G._MKLDNN_LINEAR:
+            return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [None], "")
+        return torch.nn.functional.linear(x, w, b)
 
     def __exit__(self, *exc):
         from pipeline import generate as G

@@ -100,16 +100,23 @@ def test_scoring_matches_model_logits(family):
     assert math.isclose(got[0], want, rel_tol=1e-4), name
 
 
+def hf_greedy_alone(model, tok, prompts: list[str], new: int) -> list[list[int]]:
+    """transformers' greedy tokens for each prompt on its own (no padding), trimmed at EOS."""
+    stop, rows = _eos_ids(model, tok), []
+    for prompt in prompts:
+        ids = torch.tensor([_encode_prompt(tok, prompt)])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        rows.append(_trim(out[0, ids.shape[1]:].tolist(), stop))
+    return rows
+
+
 def test_greedy_matches_generate(family):
     name, _, model, tok, _ = family
     prompts = ["Moni, muli bwanji?", "The president met the minister in Kathmandu on Tuesday"]
     ours = generate_ids(model, tok, prompts, max_new_tokens=6, batch_size=2)
-    stop = _eos_ids(model, tok)
-    for prompt, row in zip(prompts, ours):
-        ids = torch.tensor([_encode_prompt(tok, prompt)])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-        assert row[0] == _trim(out[0, ids.shape[1]:].tolist(), stop), name
+    for row, want in zip(ours, hf_greedy_alone(model, tok, prompts, 6)):
+        assert row[0] == want, name
 
 
 def test_length_grouped_prefill_matches_generate(family, monkeypatch):
@@ -128,12 +135,8 @@ def test_length_grouped_prefill_matches_generate(family, monkeypatch):
     window = getattr(model.config.get_text_config(), "sliding_window", None)
     fits = not window or max(len(_encode_prompt(tok, p)) for p in prompts) <= window - 1
     assert [len(c) for c in calls] == ([3] if fits else []), name
-    stop = _eos_ids(model, tok)
-    for prompt, row in zip(prompts, ours):
-        ids = torch.tensor([_encode_prompt(tok, prompt)])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-        assert row[0] == _trim(out[0, ids.shape[1]:].tolist(), stop), name
+    for row, want in zip(ours, hf_greedy_alone(model, tok, prompts, 6)):
+        assert row[0] == want, name
 
 
 def test_packing_detected(family):
