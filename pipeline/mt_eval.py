@@ -301,12 +301,14 @@ def jensen_shannon(p: Counter, q: Counter) -> float:
     sp, sq = sum(p.values()), sum(q.values())
     if not sp or not sq:
         return float("nan")
-    total = 0.0
-    for tok in p.keys() | q.keys():
+
+    def term(tok) -> float:
         a, b = p.get(tok, 0) / sp, q.get(tok, 0) / sq
         m = (a + b) / 2
-        total += (a * math.log2(a / m) if a else 0.0) + (b * math.log2(b / m) if b else 0.0)
-    return total / 2
+        return (a * math.log2(a / m) if a else 0.0) + (b * math.log2(b / m) if b else 0.0)
+    # fsum: the exactly rounded sum, whatever order the set of types is iterated in (that order
+    # follows Python's per-process string hashing, so a plain sum changed its last bits run to run)
+    return math.fsum(term(tok) for tok in p.keys() | q.keys()) / 2
 
 
 def sample_tokens(lines: Sequence[str], budget: int, seed: int) -> Counter:

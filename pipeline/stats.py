@@ -117,6 +117,16 @@ def _counts(g: int, n_boot: int, seed: int) -> np.ndarray:
     return np.bincount(flat, minlength=n_boot * g).reshape(n_boot, g).astype(float)
 
 
+def _resampled_sums(counts: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """counts [m, G] @ sums [G, k], added cluster by cluster in elementwise operations: the same
+    bits on every CPU. A BLAS matmul sums in the order of the kernel it picks for the CPU, so the
+    default run's intervals changed in their last digits between two hosts of one machine kind."""
+    out = np.zeros((counts.shape[0], sums.shape[1]))
+    for j in range(sums.shape[0]):
+        out += counts[:, j, None] * sums[j]
+    return out
+
+
 def _sum_boot(columns: np.ndarray, clusters, of_sums: Callable[[np.ndarray], np.ndarray], n_boot: int,
               alpha: float, seed: int) -> Interval:
     """Cluster bootstrap of a statistic of column sums (means, ratios, corpus metrics), vectorised.
@@ -129,7 +139,7 @@ def _sum_boot(columns: np.ndarray, clusters, of_sums: Callable[[np.ndarray], np.
     codes, g = _cluster_codes(n, clusters)
     sums = np.stack([np.bincount(codes, weights=c, minlength=g) for c in columns.T], 1)  # [G, k]
     with np.errstate(divide="ignore", invalid="ignore"):
-        boots = of_sums(_counts(g, n_boot, seed) @ sums)   # [n_boot]
+        boots = of_sums(_resampled_sums(_counts(g, n_boot, seed), sums))   # [n_boot]
         est = float(of_sums(columns.sum(0)[None])[0])
     return _t_interval(est, np.where(np.isfinite(boots), boots, np.nan), g, alpha)
 

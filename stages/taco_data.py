@@ -220,6 +220,11 @@ def chunk_bounds(n: int, probe: int, chunk: int) -> list[tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------- the stage
+# how many segments the translation cache answered: results/<lang>/taco_data.json only. In taco_meta.json
+# (a dependency of taco_sft, taco_eval and rm_transfer) they made a rerun with a warm cache retrain downstream
+CACHE_COUNTS = ("segments_translated", "segments_cached")
+
+
 def summary(pack: LanguagePack, tr: Translator, samples: list[dict], train: list[dict], held: list[dict],
             counts: Counter, cfg: dict, threshold: float, stopped: bool) -> dict:
     """taco_meta.json: everything a downstream stage needs to explain itself."""
@@ -237,7 +242,7 @@ def summary(pack: LanguagePack, tr: Translator, samples: list[dict], train: list
             "skipped_translators": tr.skipped, "threshold": threshold, "min_samples": cfg["min_samples"],
             "usable": usable, "reason": reason, "stopped_early": stopped, "translated_items": len(samples),
             "round_trip_chrf_mean": None if not rt else round(mean_rt, 2), "train_samples": len(train),
-            "heldout_samples": len(held), "counts": dict(counts)}
+            "heldout_samples": len(held), "counts": {k: v for k, v in counts.items() if k not in CACHE_COUNTS}}
 
 
 def ci_row(pack_id: str, stage: str, metric: str, values: list[float], **kw) -> dict:

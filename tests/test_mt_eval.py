@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -136,6 +137,18 @@ def test_jensen_shannon_bounds():
     p, q = Counter("aabbc"), Counter("xyz")
     assert M.jensen_shannon(p, p) == 0 and M.jensen_shannon(p, q) == pytest.approx(1.0)
     assert M.jensen_shannon(p, Counter("abz")) == pytest.approx(M.jensen_shannon(Counter("abz"), p))
+
+
+def test_jensen_shannon_same_bits_under_any_string_hashing():
+    """The set of token types iterates in an order set by Python's per-process string hashing;
+    the divergence must not depend on it (it did in its last bits: mt_errors' JSDs changed run to run)."""
+    code = ("from collections import Counter; import random; from pipeline.mt_eval import jensen_shannon as J; "
+            "r = random.Random(0); w = [f'w{i}' for i in range(3000)]; "
+            "print(repr(J(Counter(r.choice(w) for _ in range(20000)), Counter(r.choice(w[:2500]) for _ in range(20000)))))")
+    root = Path(__file__).resolve().parents[1]
+    runs = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
+    assert len(runs) == 1, runs
 
 
 def test_in_domain_corpus_is_closer(ntrex):

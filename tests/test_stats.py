@@ -77,3 +77,23 @@ def test_system_rows_pair_every_system_with_the_baseline():
     assert "verdict" not in rows[0] and rows[0]["ci_low"] < rows[0]["value"] < rows[0]["ci_high"]
     assert rows[1]["verdict"] == "better" and rows[1]["delta"] == pytest.approx(-0.3, abs=0.05)
     assert rows[2]["verdict"] == "no difference shown" and rows[2]["n_docs"] == 10 and rows[2]["baseline_name"] == "base"
+
+
+def test_resampled_sums_add_clusters_in_order_whatever_the_blas():
+    """Bootstrap sums are the plain left-to-right sum over clusters (what any IEEE machine gives
+    bit for bit), not a BLAS matmul whose summation order depends on the CPU's kernel; and the
+    vectorised path still gives the interval of the generic one (same resamples)."""
+    rng = np.random.default_rng(3)
+    sums = rng.normal(size=(7, 2)) * 1e3 + rng.normal(size=(7, 2)) * 1e-9
+    counts = stats._counts(7, 50, seed=1)
+    got = stats._resampled_sums(counts, sums)
+    for i in range(50):
+        for c in range(2):
+            want = 0.0
+            for j in range(7):
+                want += float(counts[i, j]) * float(sums[j, c])
+            assert got[i, c] == want
+    x, docs = rng.normal(size=40), np.repeat(np.arange(10), 4)
+    fast = stats.cluster_bootstrap_ci(x, docs)
+    slow = stats.cluster_bootstrap_ci(x, docs, stat=lambda v: float(np.mean(v)))
+    assert fast == pytest.approx(slow, rel=1e-12, abs=1e-12)

@@ -118,6 +118,19 @@ def test_stage_writes_gated_samples_with_round_trip(glg, repo_copy, tmp_path):
     assert lengths == sorted(lengths)  # curriculum: shortest first
     metrics = io.read_json(root / "results" / "glg" / "taco_data.json")
     assert metrics["train_samples"] == len(train) and "translator:reverser:v1" in metrics["signature"]
+    assert metrics["segments_cached"] == 0 and metrics["segments_translated"] > 0
+
+
+def test_stage_rerun_from_the_translation_cache_leaves_its_data_unchanged(glg, repo_copy):
+    """The second run answers every segment from the cache; the files downstream stages depend on
+    (taco.jsonl, taco_heldout.jsonl, taco_meta.json) must not change, or dvc would retrain on them."""
+    names = ("taco.jsonl", "taco_heldout.jsonl", "taco_meta.json")
+    root, _ = _run(glg, repo_copy, CFG, Reverser())
+    first = {n: (root / "data" / "glg" / n).read_bytes() for n in names}
+    _run(glg, root, CFG, Reverser())
+    assert {n: (root / "data" / "glg" / n).read_bytes() for n in names} == first
+    metrics = io.read_json(root / "results" / "glg" / "taco_data.json")
+    assert metrics["segments_translated"] == 0 and metrics["segments_cached"] > 0
 
 
 def test_stage_too_few_samples_records_reason(glg, repo_copy, tmp_path):
