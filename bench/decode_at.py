@@ -4,10 +4,14 @@ across commits (the throughput issue's "N x today's batched figure").
     git worktree add /tmp/at-af03187 af03187
     python bench/decode_at.py --src /tmp/at-af03187 --batch 32    # that commit's pipeline.generate
     python bench/decode_at.py --src . --batch 32                  # this checkout's
+    python bench/decode_at.py --src . --against /tmp/at-af03187 --pairs 4   # both, alternating: paired ratios
 
 Same model (gemma-3-270m from this checkout's cache), same prompts (bench_generate.prompts: NTREX
 English -> Galician), `--batch` prompts in one batch, `--new` new tokens; prints one JSON line with the
-new tokens decoded, seconds, tokens/s and the machine. Run the two back to back on an idle machine.
+new tokens decoded, seconds, tokens/s and the machine. Run the two back to back on an idle machine,
+or give `--against` to have `--pairs` runs of each alternate (each in its own process) and get the
+ratio of every pair: on a shared machine the rate drifts by 10-20% within minutes, so only ratios of
+neighbouring runs compare code.
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--against", type=Path, help="a second checkout, run alternately with --src")
+    parser.add_argument("--pairs", type=int, default=4, help="alternating runs of each with --against")
     args = parser.parse_args(argv)
+    if args.against:
+        return paired(args)
     src = args.src.resolve()
     sys.path[:0] = [str(src), str(src / "bench")]
     import torch
@@ -48,6 +56,26 @@ def main(argv=None) -> int:
     print(json.dumps({"src": str(src), "batch": args.batch, "new": args.new, "threads": torch.get_num_threads(),
                       "tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
                       "hardware": hardware()}))
+    return 0
+
+
+def paired(args) -> int:
+    """--pairs runs of --src and --against alternately, each in a fresh process: one JSON line with
+    both series and the ratio src/against of each pair."""
+    import subprocess
+
+    rates: dict[str, list[float]] = {"src": [], "against": []}
+    hardware = None
+    for _ in range(args.pairs):
+        for key in ("against", "src"):
+            cmd = [sys.executable, __file__, "--src", str(getattr(args, key)), "--batch", str(args.batch),
+                   "--new", str(args.new), "--threads", str(args.threads)]
+            run = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            rates[key].append(run["tokens_per_s"])
+            hardware = run["hardware"]
+    print(json.dumps({"src": str(args.src.resolve()), "against": str(args.against.resolve()), "batch": args.batch,
+                      "new": args.new, "tokens_per_s": rates, "hardware": hardware,
+                      "paired_ratio": [round(a / b, 2) for a, b in zip(rates["src"], rates["against"])]}))
     return 0
 
 

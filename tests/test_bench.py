@@ -94,3 +94,18 @@ def test_noop_repro_is_not_timed_where_the_graph_is_not_built(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
     out = bench_dvc.noop_repro_seconds(tmp_path)
     assert "does not say the graph is built" in out["skipped"] and not (tmp_path / "out.txt").exists()
+
+
+def test_executed_utilisation_counts_the_trimmed_head_it_runs():
+    """Model FLOPs count the full 262k-row output layer; the trimmed variant multiplies by 16k rows
+    of it, so its executed utilisation is lower (it was reported above 1 on model FLOPs alone)."""
+    base = {"tokens_per_s": 50.0, "tokens": 100, "loop_cpu_s": 4.0, "heldout_loss": 3.0, "peak_rss_gb": 7.0,
+            "output_vocab": 262_144}
+    run = lambda vocab: {**base, "tokens_per_s": 400.0, "loop_cpu_s": 0.5, "output_vocab": vocab}  # noqa: E731
+    train = {"sft": {"trainer": base, "exact": run(262_144), "trimmed": run(16_384)}}
+    out = run_all.derive(train, {"error": "skipped"}, {"bf16": {"gflops": 400.0}, "fp32": {"gflops": 150.0}},
+                         n_params=268_000_000, width=640)
+    exact, trimmed = out["sft.exact"], out["sft.trimmed"]
+    assert exact["executed_gflops"] == exact["model_gflops"] == 4 * 268e6 * 400 / 1e9
+    assert trimmed["executed_gflops"] == 4 * (268e6 - (262_144 - 16_384) * 640) * 400 / 1e9
+    assert trimmed["executed_utilisation_vs_bf16_peak"] < trimmed["utilisation_vs_bf16_peak"]
