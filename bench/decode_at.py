@@ -5,10 +5,11 @@ across commits (the throughput issue's "N x today's batched figure").
     python bench/decode_at.py --src /tmp/at-af03187 --batch 32    # that commit's pipeline.generate
     python bench/decode_at.py --src . --batch 32                  # this checkout's
     python bench/decode_at.py --src . --against /tmp/at-af03187 --pairs 4   # both, alternating: paired ratios
+    python bench/decode_at.py --src . --against <checkout> --batch 9 --sentences 8 --new 400   # past the sliding window
 
 Same model (gemma-3-270m from this checkout's cache), same prompts (bench_generate.prompts: NTREX
 English -> Galician), `--batch` prompts in one batch, `--new` new tokens; prints one JSON line with the
-new tokens decoded, seconds, tokens/s and the machine. Run the two back to back on an idle machine,
+new tokens decoded, a digest of the token ids, seconds, tokens/s and the machine. Run the two back to back on an idle machine,
 or give `--against` to have `--pairs` runs of each alternate (each in its own process) and get the
 ratio of every pair: on a shared machine the rate drifts by 10-20% within minutes, so only ratios of
 neighbouring runs compare code.
@@ -17,6 +18,7 @@ neighbouring runs compare code.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -29,6 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--sentences", type=int, default=1,
+                        help="NTREX sentences a prompt (8 with --new 400: past gemma's 512-position sliding window)")
     parser.add_argument("--against", type=Path, help="a second checkout, run alternately with --src")
     parser.add_argument("--pairs", type=int, default=4, help="alternating runs of each with --against")
     args = parser.parse_args(argv)
@@ -40,23 +44,33 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from bench_generate import prompts
-
     from pipeline import generate as G
     from pipeline.models import load_model
     from pipeline.provenance import hardware
 
     model, tok = load_model("gemma-3-270m")
-    texts = prompts(args.batch)
+    texts = workload(args.batch, args.sentences)
     G.generate_ids(model, tok, texts[:4], max_new_tokens=4, batch_size=4)  # warm-up (first-call allocations)
     start = time.perf_counter()
     ids = G.generate_ids(model, tok, texts, max_new_tokens=args.new, batch_size=args.batch)
     seconds = time.perf_counter() - start
     tokens = sum(len(rows[0]) for rows in ids)
-    print(json.dumps({"src": str(src), "batch": args.batch, "new": args.new, "threads": torch.get_num_threads(),
-                      "tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
-                      "hardware": hardware()}))
+    print(json.dumps({"src": str(src), "batch": args.batch, "new": args.new, "sentences": args.sentences,
+                      "prompt_tokens": sum(len(G._encode_prompt(tok, t)) for t in texts),
+                      "threads": torch.get_num_threads(), "tokens": tokens,
+                      "ids_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16],
+                      "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1), "hardware": hardware()}))
     return 0
+
+
+def workload(batch: int, sentences: int) -> list[str]:
+    """`batch` translation prompts (bench_generate's), each of `sentences` consecutive NTREX sentences."""
+    from bench_generate import PROMPT, prompts
+
+    if sentences == 1:
+        return prompts(batch)
+    english = [p.split("English: ", 1)[1].rsplit("\n", 1)[0] for p in prompts(batch * sentences)]
+    return [PROMPT.format(en=" ".join(english[i * sentences:(i + 1) * sentences])) for i in range(batch)]
 
 
 def paired(args) -> int:
@@ -65,16 +79,17 @@ def paired(args) -> int:
     import subprocess
 
     rates: dict[str, list[float]] = {"src": [], "against": []}
-    hardware = None
+    hardware, outputs = None, {}
     for _ in range(args.pairs):
         for key in ("against", "src"):
             cmd = [sys.executable, __file__, "--src", str(getattr(args, key)), "--batch", str(args.batch),
-                   "--new", str(args.new), "--threads", str(args.threads)]
+                   "--new", str(args.new), "--threads", str(args.threads), "--sentences", str(args.sentences)]
             run = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
             rates[key].append(run["tokens_per_s"])
-            hardware = run["hardware"]
+            hardware, outputs[key] = run["hardware"], run["ids_sha256"]
     print(json.dumps({"src": str(args.src.resolve()), "against": str(args.against.resolve()), "batch": args.batch,
-                      "new": args.new, "tokens_per_s": rates, "hardware": hardware,
+                      "new": args.new, "sentences": args.sentences, "tokens_per_s": rates, "hardware": hardware,
+                      "same_tokens": outputs["src"] == outputs["against"],
                       "paired_ratio": [round(a / b, 2) for a, b in zip(rates["src"], rates["against"])]}))
     return 0
 

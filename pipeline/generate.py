@@ -477,29 +477,39 @@ class _InPlace:
     """Cache-layer mixin: new key/value states are written after the cached ones in a buffer whose
     capacity doubles when full, and keys/values are views of its filled part (the values torch.cat
     gives). transformers' layers concatenate the whole cache with each new position (torch.cat, 21%
-    of gemma-3-270m's decoding time at 32 rows, AVX512-BF16 EPYC); here a step writes one position."""
+    of gemma-3-270m's decoding time at 32 rows, AVX512-BF16 EPYC); here a step writes one position.
+
+    A sliding-window layer (`keep` = window - 1) keeps its last `keep` positions as transformers'
+    does, by moving the start of the view: the buffer is copied only when its end is reached (once
+    every `keep` or more steps) instead of the whole window at every step once the window is full."""
 
     _room: list[torch.Tensor] | None = None
+    _start = 0  # where keys/values begin in the buffer
+    keep: int | None = None
 
     def _append(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """Write the new states; return (cached + new) keys and values, as transformers' update does."""
         n, q = self.keys.shape[-2] if self._room is not None else 0, key_states.shape[-2]
-        if self._room is None or n + q > self._room[0].shape[-2]:
+        if self._room is None or self._start + n + q > self._room[0].shape[-2]:
             old = self._room
             self._room = [t.new_empty(*t.shape[:2], max(2 * (n + q), 64), t.shape[-1]) for t in (key_states, value_states)]
             if old is not None:
                 self._room[0][:, :, :n], self._room[1][:, :, :n] = self.keys, self.values
-        self._room[0][:, :, n:n + q], self._room[1][:, :, n:n + q] = key_states, value_states
-        self.keys, self.values = self._room[0][:, :, :n + q], self._room[1][:, :, :n + q]
-        return self.keys, self.values
+            self._start = 0
+        begin, end = self._start, self._start + n + q
+        self._room[0][:, :, end - q:end], self._room[1][:, :, end - q:end] = key_states, value_states
+        full = self._room[0][:, :, begin:end], self._room[1][:, :, begin:end]
+        if self.keep is not None and n + q > self.keep:
+            self._start = end - self.keep
+        self.keys, self.values = self._room[0][:, :, self._start:end], self._room[1][:, :, self._start:end]
+        return full
 
     def _batch_op(self, op) -> None:
-        """On the buffer (views kept), or on keys/values once a sliding layer is back to transformers' update."""
+        """On the buffer (views kept)."""
         if self._room is not None:
             n = self.keys.shape[-2]
             self._room = [op(t) for t in self._room]
-            self.keys, self.values = self._room[0][:, :, :n], self._room[1][:, :, :n]
-        elif self.is_initialized and self.keys.numel():
-            self.keys, self.values = op(self.keys), op(self.values)
+            self.keys, self.values = (t[:, :, self._start:self._start + n] for t in self._room)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._batch_op(lambda t: t[indices])
@@ -516,16 +526,15 @@ class _InPlaceLayer(_InPlace, DynamicLayer):
 
 
 class _InPlaceSlidingLayer(_InPlace, DynamicSlidingWindowLayer):
-    """Appends in place until the window is full, then does what transformers does (keeps the last
-    window - 1 positions)."""
+    """transformers' sliding-window layer (keeps the last window - 1 positions), appending in place."""
+
+    def __init__(self, sliding_window: int):
+        super().__init__(sliding_window=sliding_window)
+        self.keep = sliding_window - 1
 
     def update(self, key_states, value_states, cache_kwargs=None):
         if not self.is_initialized:
             self.lazy_initialization(key_states)
-        if self.cumulative_length + key_states.shape[-2] > self.sliding_window - 1:
-            if self._room is not None:
-                self.keys, self.values, self._room = self.keys.clone(), self.values.clone(), None
-            return super().update(key_states, value_states, cache_kwargs)
         self.cumulative_length += key_states.shape[-2]
         return self._append(key_states, value_states)
 

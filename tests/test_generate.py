@@ -262,14 +262,15 @@ def test_length_grouped_prefill_gives_the_one_batch_tokens(lm, monkeypatch, shot
 
 
 def test_rows_leave_the_batch_after_the_sliding_window_fills(lm):
-    """Past tiny-random's 64-position sliding window the in-place KV cache hands the sliding layers
-    back to transformers' own update, and rows that end later still leave the batch (with their
-    cache): each row's tokens are HF's greedy tokens for that prompt alone."""
+    """Past tiny-random's 64-position sliding window the in-place KV cache keeps the last 63
+    positions of the sliding layers by moving its view, and copies them to the buffer's start only
+    when the buffer's end is reached (here more than once); rows that end later still leave the
+    batch (with their cache): each row's tokens are HF's greedy tokens for that prompt alone."""
     model, tok = lm
     window = model.config.get_text_config().sliding_window
     assert window
     prompts = by_length(tok, PROMPTS)
-    budgets = [window + 30 - 9 * i for i in range(len(prompts))]  # past the window, each row ending at its own step
+    budgets = [3 * window + 30 - 9 * i for i in range(len(prompts))]  # past the window, each row ending at its own step
     got = G.generate_ids(model, tok, prompts, max_new_tokens=budgets, batch_size=8)
     assert max(len(G._encode_prompt(tok, p)) + len(r[0]) for p, r in zip(prompts, got)) > window
     assert [r[0] for r in got] == [hf_greedy(model, tok, [p], b)[0] for p, b in zip(prompts, budgets)]
