@@ -9,10 +9,10 @@ across commits (the throughput issue's "N x today's batched figure").
 
 Same model (gemma-3-270m from this checkout's cache), same prompts (bench_generate.prompts: NTREX
 English -> Galician), `--batch` prompts in one batch, `--new` new tokens; prints one JSON line with the
-new tokens decoded, a digest of the token ids, seconds, tokens/s and the machine. Run the two back to back on an idle machine,
-or give `--against` to have `--pairs` runs of each alternate (each in its own process) and get the
-ratio of every pair: on a shared machine the rate drifts by 10-20% within minutes, so only ratios of
-neighbouring runs compare code.
+new tokens decoded, a digest of the token ids, seconds, tokens/s and the machine. Run the two back
+to back on an idle machine, or give `--against` to have `--pairs` runs of each alternate (each in its
+own process) and get the ratio of every pair and whether the two decoded the same tokens: on a shared
+machine the rate drifts by 10-30% within minutes, so only ratios of neighbouring runs compare code.
 """
 
 from __future__ import annotations
