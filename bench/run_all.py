@@ -201,8 +201,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
-    n_params = n_parameters(materialise("gemma-3-270m"))
-    width = io.read_json(materialise("gemma-3-270m") / "config.json").get("hidden_size")
+    model_dir = materialise("gemma-3-270m")
+    n_params, width = n_parameters(model_dir), io.read_json(model_dir / "config.json").get("hidden_size")
     with tempfile.TemporaryDirectory() as tmp:
         train = {s: train_block(s, args.steps, args.eval, args.threads, Path(tmp)) for s in args.scenarios}
         gen = child("bench_generate.py", ["--threads", str(args.threads), *(["--prompts", "8", "--new", "16", "--batch-sizes", "8"]

@@ -497,19 +497,24 @@ class _InPlace:
                 self._room[0][:, :, :n], self._room[1][:, :, :n] = self.keys, self.values
             self._start = 0
         begin, end = self._start, self._start + n + q
-        self._room[0][:, :, end - q:end], self._room[1][:, :, end - q:end] = key_states, value_states
-        full = self._room[0][:, :, begin:end], self._room[1][:, :, begin:end]
+        for t, new in zip(self._room, (key_states, value_states)):
+            t[:, :, end - q:end] = new
+        full = self._span(begin, end)
         if self.keep is not None and n + q > self.keep:
             self._start = end - self.keep
-        self.keys, self.values = self._room[0][:, :, self._start:end], self._room[1][:, :, self._start:end]
+        self.keys, self.values = self._span(self._start, end)
         return full
+
+    def _span(self, begin: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) views of buffer positions [begin, end)."""
+        return self._room[0][:, :, begin:end], self._room[1][:, :, begin:end]
 
     def _batch_op(self, op) -> None:
         """On the buffer (views kept)."""
         if self._room is not None:
             n = self.keys.shape[-2]
             self._room = [op(t) for t in self._room]
-            self.keys, self.values = (t[:, :, self._start:self._start + n] for t in self._room)
+            self.keys, self.values = self._span(self._start, self._start + n)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._batch_op(lambda t: t[indices])
