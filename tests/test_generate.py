@@ -382,6 +382,24 @@ def test_prescored_head_works_piece_by_piece_across_the_vocabulary(monkeypatch, 
         assert torch.allclose(vals, full.topk(k).values, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["fp16", "bf16"])
+def test_candidates_are_the_columns_some_row_keeps(monkeypatch, kind):
+    """The sieve (a column's largest approximate logit against the lowest row floor, then the rows)
+    keeps exactly the columns where some row's approximate logit is within twice the bound of that
+    row's k-th largest, with rows of very different size (a small row's floor lets most columns
+    through the first pass)."""
+    monkeypatch.setattr(G, "PRESCORE_PIECE", 1000)
+    torch.manual_seed(3)
+    weight = torch.randn(4000, 40) * 0.05
+    hidden = torch.randn(6, 40) * torch.tensor([[0.01], [1], [3], [3], [10], [0.1]])
+    pre = G._Prescore(weight, kind)
+    y, bound = pre.approx(hidden)
+    for k in (1, 7):
+        floor = y.topk(k, dim=1).values[:, -1:] - 2 * bound
+        expected = (y >= floor).any(0).nonzero().squeeze(1)
+        assert pre.candidates(hidden, k).tolist() == expected.tolist()
+
+
 def test_head_takes_fp16_for_few_rows_and_bf16_for_many_where_both_run(monkeypatch):
     """On a CPU with bf16 units both first passes exist: fbgemm's fp16 below
     BF16_PRESCORE_MIN_ROWS rows, bf16 from there on, each giving the exact argmax."""
@@ -430,3 +448,39 @@ def test_fp16_body_layers_give_the_fp32_logits_and_greedy_tokens(monkeypatch):
     ours = G.generate_ids(model, tok, prompts, max_new_tokens=12, batch_size=8)
     monkeypatch.setenv("POLYALIGN_PRESCORE", "off")
     assert ours == G.generate_ids(model, tok, prompts, max_new_tokens=12, batch_size=8)
+
+
+# --------------------------------------------------------------------------- attention of a decoding step
+class _Attention(torch.nn.Module):
+    num_key_value_groups = 4
+
+
+def test_grouped_step_attention_equals_transformers_sdpa_and_is_restored():
+    """A one-position query over a key/value head shared by 4 query heads: one sdpa call with the
+    query heads as the query axis gives transformers' sdpa (keys repeated per head) to float
+    rounding, with padding masked; several positions go to transformers' function unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    torch.manual_seed(4)
+    k, v = torch.randn(3, 2, 9, 16), torch.randn(3, 2, 9, 16)
+    mask = torch.ones(3, 1, 1, 11, dtype=torch.bool)  # longer than the keys: cut as transformers does
+    mask[0, ..., :4] = False  # left padding of row 0
+    module, q = _Attention(), torch.randn(3, 8, 1, 16)
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)
+    got, _ = G._grouped_step(sdpa_attention_forward, module, q, k, v, mask, scaling=0.25)
+    assert got.shape == want.shape == (3, 1, 8, 16)
+    assert torch.allclose(got, want, atol=1e-6)
+    moved = torch.randn(9, 16)
+    k2 = k.clone()
+    k2[0, :, :4] = moved[:4]  # masked positions do not matter
+    assert torch.allclose(G._grouped_step(sdpa_attention_forward, module, q, k2, v, mask, scaling=0.25)[0], got)
+    prefill = torch.randn(3, 8, 9, 16)
+    full = torch.ones(3, 1, 9, 9, dtype=torch.bool).tril()
+    assert torch.equal(G._grouped_step(sdpa_attention_forward, module, prefill, k, v, full, scaling=0.25)[0],
+                       sdpa_attention_forward(module, prefill, k, v, full, scaling=0.25)[0])
+    before = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    with pytest.raises(RuntimeError), G._GroupedStepAttention():
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not before
+        raise RuntimeError
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before
