@@ -15,7 +15,9 @@ loop; scoring (sum_logprobs) of NTREX sentences (bits per byte, every token scor
 survey-like items (one question, several answer options: shared context vs one row each).
 The positions the prompts' forward pass runs (one padded batch vs the length groups), and, on CPUs
 with bf16 units, greedy with the decoder's linear layers in bf16: its speed and how often its tokens
-differ from the exact ones (it is not what the pipeline runs).
+differ from the exact ones (it is not what the pipeline runs). And the floor of greedy decoding at the
+largest batch: the seconds its GEMMs and attention take (torch.profiler), so the most any code that
+does the same arithmetic could gain over ours.
 
     python bench/bench_generate.py --prompts 32 --new 32 --batch-sizes 8 16 32 --out result.json
 """
@@ -235,6 +237,16 @@ def bf16_body(model, tok, texts, new, batch, greedy_ids) -> dict:
     return rate(sum(map(len, ids)), secs, cpu) | agreement(ids, greedy_ids)
 
 
+def floor(model, tok, texts: list[str], new: int, batch: int, seconds: float) -> dict:
+    """time_in_ops of greedy decoding at batch `batch`, and how much faster than its unprofiled
+    `seconds` that decoding could get if nothing but the GEMMs (and attention) took time."""
+    from decode_at import time_in_ops
+
+    ops = time_in_ops(lambda: batched(model, tok, texts, new, batch))
+    return ops | {"seconds": round(seconds, 2), "at_most_x_if_only_gemms": round(seconds / ops["gemm_s"], 2),
+                  "at_most_x_if_only_gemms_and_attention": round(seconds / (ops["gemm_s"] + ops["attention_s"]), 2)}
+
+
 def prefill_positions(tok, texts: list[str], batch: int) -> dict:
     """Positions the prompts' forward pass runs at batch `batch`: one left-padded batch against
     pipeline.generate's length groups (tokens of the prompts themselves for reference)."""
@@ -283,9 +295,11 @@ def main(argv=None) -> int:
                                  "speedup": (tokens / secs) / (base_tokens / base_s),
                                  "speedup_cpu_time": (tokens / cpu) / (base_tokens / base_cpu),
                                  "same_as_per_example": sum(a == b for a, b in zip(ids, base_ids)) / len(ids)}
-    result |= others(model, tok, texts, args.new, max(args.batch_sizes), ids)
-    result["prefill_positions"] = prefill_positions(tok, texts, max(args.batch_sizes))
-    result[f"batch_{max(args.batch_sizes)}_bf16_body"] = bf16_body(model, tok, texts, args.new, max(args.batch_sizes), ids)
+    big = max(args.batch_sizes)
+    result[f"batch_{big}_floor"] = floor(model, tok, texts, args.new, big, result[f"batch_{big}"]["seconds"])
+    result |= others(model, tok, texts, args.new, big, ids)
+    result["prefill_positions"] = prefill_positions(tok, texts, big)
+    result[f"batch_{big}_bf16_body"] = bf16_body(model, tok, texts, args.new, big, ids)
     result["scoring"] = scoring(model, tok, args.prompts)
     result["output_layer"] = head_shapes(model)
     result["peak_rss_gb"] = peak_rss_gb()

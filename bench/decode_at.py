@@ -6,6 +6,7 @@ across commits (the throughput issue's "N x today's batched figure").
     python bench/decode_at.py --src . --batch 32                  # this checkout's
     python bench/decode_at.py --src . --against /tmp/at-af03187 --pairs 4   # both, alternating: paired ratios
     python bench/decode_at.py --src . --against <checkout> --batch 9 --sentences 8 --new 400   # past the sliding window
+    python bench/decode_at.py --src . --against /tmp/at-af03187 --pairs 3 --floor   # and the ceiling of the ratio
 
 Same model (gemma-3-270m from this checkout's cache), same prompts (bench_generate.prompts: NTREX
 English -> Galician), `--batch` prompts in one batch, `--new` new tokens; prints one JSON line with the
@@ -13,6 +14,8 @@ new tokens decoded, a digest of the token ids, seconds, tokens/s and the machine
 to back on an idle machine, or give `--against` to have `--pairs` runs of each alternate (each in its
 own process) and get the ratio of every pair and whether the two decoded the same tokens: on a shared
 machine the rate drifts by 10-30% within minutes, so only ratios of neighbouring runs compare code.
+`--floor` also times --src's GEMMs and attention (time_in_ops) and, with --against, divides the other
+checkout's seconds by them: the largest ratio any code doing --src's arithmetic could reach.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def main(argv=None) -> int:
                         help="NTREX sentences a prompt (8 with --new 400: past gemma's 512-position sliding window)")
     parser.add_argument("--against", type=Path, help="a second checkout, run alternately with --src")
     parser.add_argument("--pairs", type=int, default=4, help="alternating runs of each with --against")
+    parser.add_argument("--floor", action="store_true",
+                        help="decode once more under torch.profiler: seconds in GEMMs and attention (time_in_ops)")
     args = parser.parse_args(argv)
     if args.against:
         return paired(args)
@@ -55,12 +60,38 @@ def main(argv=None) -> int:
     ids = G.generate_ids(model, tok, texts, max_new_tokens=args.new, batch_size=args.batch)
     seconds = time.perf_counter() - start
     tokens = sum(len(rows[0]) for rows in ids)
-    print(json.dumps({"src": str(src), "batch": args.batch, "new": args.new, "sentences": args.sentences,
+    ops = time_in_ops(lambda: G.generate_ids(model, tok, texts, max_new_tokens=args.new, batch_size=args.batch)) \
+        if args.floor else {}
+    print(json.dumps(ops | {"src": str(src), "batch": args.batch, "new": args.new, "sentences": args.sentences,
                       "prompt_tokens": sum(len(G._encode_prompt(tok, t)) for t in texts),
                       "threads": torch.get_num_threads(), "tokens": tokens,
                       "ids_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16],
                       "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1), "hardware": hardware()}))
     return 0
+
+
+# The products with a weight matrix (the decoder's linear layers, the output layer's passes) and the
+# attention kernels, by the names torch.profiler gives their ops on CPU.
+GEMM_OPS = ("quantized::linear_dynamic_fp16", "mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::bmm")
+ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math")
+
+
+def time_in_ops(fn) -> dict:
+    """fn() once under torch.profiler: seconds spent in weight GEMMs (GEMM_OPS) and in attention
+    (ATTENTION_OPS), each op's own time. Their sum is a floor for any code that does the same
+    arithmetic the same way: the rest (norms, activations, masks, Python) is what a faster
+    implementation could remove."""
+    from torch.profiler import ProfilerActivity, profile
+
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    wall = time.perf_counter() - start
+    own = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    gemm = {k: round(v, 3) for k, v in own.items() if k in GEMM_OPS}
+    return {"gemm_s": round(sum(gemm.values()), 3), "gemm_s_by_op": gemm,
+            "attention_s": round(sum(v for k, v in own.items() if k in ATTENTION_OPS), 3),
+            "profiled_wall_s": round(wall, 3)}
 
 
 def workload(batch: int, sentences: int) -> list[str]:
@@ -79,18 +110,26 @@ def paired(args) -> int:
     import subprocess
 
     rates: dict[str, list[float]] = {"src": [], "against": []}
+    seconds: dict[str, list[float]] = {"src": [], "against": []}
+    floors: list[float] = []
     hardware, outputs = None, {}
     for _ in range(args.pairs):
         for key in ("against", "src"):
             cmd = [sys.executable, __file__, "--src", str(getattr(args, key)), "--batch", str(args.batch),
                    "--new", str(args.new), "--threads", str(args.threads), "--sentences", str(args.sentences)]
+            cmd += ["--floor"] if args.floor and key == "src" else []
             run = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
             rates[key].append(run["tokens_per_s"])
+            seconds[key].append(run["seconds"])
+            floors += [run["gemm_s"] + run["attention_s"]] if "gemm_s" in run else []
             hardware, outputs[key] = run["hardware"], run["ids_sha256"]
     print(json.dumps({"src": str(args.src.resolve()), "against": str(args.against.resolve()), "batch": args.batch,
                       "new": args.new, "sentences": args.sentences, "tokens_per_s": rates, "hardware": hardware,
                       "same_tokens": outputs["src"] == outputs["against"],
-                      "paired_ratio": [round(a / b, 2) for a, b in zip(rates["src"], rates["against"])]}))
+                      "paired_ratio": [round(a / b, 2) for a, b in zip(rates["src"], rates["against"])]}
+                     | ({"src_gemm_attention_s": floors,
+                         "at_most_ratio_same_arithmetic": [round(a / f, 2) for a, f in zip(seconds["against"], floors)]}
+                        if floors else {})))
     return 0
 
 

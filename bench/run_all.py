@@ -134,8 +134,9 @@ def derive(train: dict, gen: dict, peaks: dict, n_params: int, width: int | None
 
 def generate_summary(gen: dict, peaks: dict, n_params: int) -> dict:
     """Decoding and scoring rates, model GFLOP/s (2 N a token) over the fp32 matmul peak, the
-    pre-scored head against the fp32 output layer in the same run, and the default graph's
-    decode/score share from the newest recorded run (bench/stage_seconds.py, bench/results/)."""
+    pre-scored head against the fp32 output layer in the same run, greedy decoding's share of time in
+    GEMMs and attention (its floor: the most any code doing the same arithmetic could gain), and the
+    default graph's decode/score share from the newest recorded run (bench/stage_seconds.py, bench/results/)."""
     batches = {k: v for k, v in gen.items() if k.startswith("batch_") and k.split("_")[1].isdigit() and len(k.split("_")) == 2}
     name, best = max(batches.items(), key=lambda kv: kv[1]["tokens_per_s"])
     gflops = lambda r: 2 * n_params * r / 1e9  # noqa: E731
@@ -156,6 +157,10 @@ def generate_summary(gen: dict, peaks: dict, n_params: int) -> dict:
                 "bf16_body_identical_rows": bf16["identical_rows"]}
     elif bf16:
         out["bf16_body"] = bf16["skipped"]
+    floor = gen.get(f"{big}_floor")
+    if floor:
+        out |= {"greedy_gemm_attention_share": (floor["gemm_s"] + floor["attention_s"]) / floor["profiled_wall_s"],
+                "greedy_at_most_x_same_arithmetic": floor["at_most_x_if_only_gemms_and_attention"]}
     if "prefill_positions" in gen:
         out["prefill_positions"] = gen["prefill_positions"]
     sampled = next((v for k, v in gen.items() if k.startswith("sampled_batch_")), None)

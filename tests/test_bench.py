@@ -26,6 +26,8 @@ def test_generate_summary_rates_utilisation_and_same_run_ratio():
            "batch_16_fp32_head": {"tokens_per_s": 30.0, "same_as_prescored": 1.0},
            "sampled_batch_16": {"tokens_per_s": 50.0, "speedup": 5.0},
            "batch_16_bf16_body": {"tokens_per_s": 90.0, "identical_rows": 0.9},
+           "batch_16_floor": {"gemm_s": 2.0, "attention_s": 0.5, "profiled_wall_s": 5.0,
+                              "at_most_x_if_only_gemms_and_attention": 1.8},
            "scoring": {"text_bits": {"tokens_per_s": 900.0},
                        "options_shared": {"tokens_per_s": 1200.0, "speedup": 2.5}}}
     out = run_all.generate_summary(gen, {"fp32": {"gflops": 100.0}}, n_params=250_000_000)
@@ -34,6 +36,7 @@ def test_generate_summary_rates_utilisation_and_same_run_ratio():
     assert out["prescored_vs_fp32_head_same_run"] == 2.0 and out["sampled_speedup"] == 5.0
     assert out["scoring_shared_context_speedup"] == 2.5
     assert out["bf16_body_vs_exact_same_run"] == 1.5 and out["bf16_body_identical_rows"] == 0.9
+    assert out["greedy_gemm_attention_share"] == 0.5 and out["greedy_at_most_x_same_arithmetic"] == 1.8
     assert out["default_graph_decode_score_share"] is None or 0 < out["default_graph_decode_score_share"] < 1
 
 
@@ -109,3 +112,20 @@ def test_executed_utilisation_counts_the_trimmed_head_it_runs():
     assert exact["executed_gflops"] == exact["model_gflops"] == 4 * 268e6 * 400 / 1e9
     assert trimmed["executed_gflops"] == 4 * (268e6 - (262_144 - 16_384) * 640) * 400 / 1e9
     assert trimmed["executed_utilisation_vs_bf16_peak"] < trimmed["utilisation_vs_bf16_peak"]
+
+
+def test_time_in_ops_counts_gemms_and_attention_apart():
+    import torch
+    from decode_at import time_in_ops
+
+    a, q = torch.randn(300, 300), torch.randn(2, 4, 64, 32)
+
+    def work():
+        for _ in range(5):
+            a @ a
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        torch.randn(1000).exp()
+
+    ops = time_in_ops(work)
+    assert ops["gemm_s"] > 0 and ops["attention_s"] > 0 and set(ops["gemm_s_by_op"]) <= {"aten::mm"}
+    assert ops["gemm_s"] + ops["attention_s"] < ops["profiled_wall_s"]
