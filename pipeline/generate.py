@@ -9,7 +9,8 @@ length and generated in left-padded batches with the KV cache, so one pass over 
 weights (the 262k x 640 output layer alone is 671 MB in fp32) serves a whole batch
 instead of one sequence. Decoding (greedy and sampling) is our own loop (_decode): a row
 leaves the batch when it is done, a prefix all rows share runs once, prompts of very different
-lengths run their forward pass in length groups (no padding to the longest), and the next token comes
+lengths run their forward pass in length groups (no padding to the longest), a step's attention reads
+each key/value head once for all the query heads that share it, and the next token comes
 from _Head: the exact argmax / top-k of the logits found through a cheap fp16 (bf16 where the
 CPU has bf16 units) pass over the output layer with a proven error bound, plus an exact pass
 over the few rows the bound cannot rule out. Sampling draws from one seeded generator per row,
