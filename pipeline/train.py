@@ -363,6 +363,22 @@ def _fit(run: _Run, plan: list, total: int, forward, desc: str, after_step=None)
             "tokens_per_s": (run.tokens - start_tokens) / max(loop_s, 1e-9) if run.step > start_step else None}
 
 
+def write_sets_sorted(folder: Path, model) -> None:
+    """peft writes its config's set-valued fields (target_modules, ...) to adapter_config.json as lists
+    in set order, which follows Python's per-process string hashing: the same training wrote the
+    file with its modules in another order from one run to the next (a new DVC hash, so every stage
+    after it ran again). Rewritten here with those lists sorted, formatted as peft formats the file."""
+    config = getattr(model, "peft_config", {}).get("default")
+    path = folder / "adapter_config.json"
+    if config is None or not path.exists():
+        return
+    data = json.loads(path.read_text())
+    for key, value in vars(config).items():
+        if isinstance(value, set) and isinstance(data.get(key), list):
+            data[key] = sorted(data[key], key=str)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
 def _finish(run: _Run, out_dir: Path, info: dict) -> None:
     """Write out_dir/adapter (peft safetensors, or the full model) and out_dir/curve.tsv."""
     acc = run.acc
@@ -374,6 +390,7 @@ def _finish(run: _Run, out_dir: Path, info: dict) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         with io.atomic_path(out_dir / "adapter") as tmp:
             model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            write_sets_sorted(tmp, model)
             io.write_json(tmp / TRAINING_INFO, info)
         io.write_text(out_dir / "curve.tsv", curve_tsv(run.curve, columns=4))
         if run.s["curve_file"]:

@@ -237,6 +237,32 @@ def test_training_writes_adapter_curve_and_is_deterministic(tmp_path):
     assert not (tmp_path / "ck").exists()  # removed once the adapter is written
 
 
+def test_adapter_config_is_the_same_bytes_whatever_the_string_hashing(tmp_path):
+    """peft writes target_modules in set order (Python's per-process string hashing): the same
+    training wrote a different adapter_config.json from run to run, and DVC reran every later stage.
+    Three hash seeds, one file, its modules sorted."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from pipeline import train as T; "
+            "T.train_causal_lm('tiny-random', [{'prompt': 'Say: ', 'response': 'hello there'}] * 4, sys.argv[1], "
+            "{'batch_size': 4, 'max_len': 32, 'progress': False, 'checkpoint_every': 0, 'max_steps': 1, "
+            "'target_modules': ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj']})")
+    root = Path(__file__).resolve().parents[1]
+    texts = set()
+    for seed in (1, 2, 3):
+        out = tmp_path / str(seed)
+        subprocess.run([sys.executable, "-c", code, str(out)], cwd=root, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)})
+        texts.add((out / "adapter" / "adapter_config.json").read_text())
+    assert len(texts) == 1
+    modules = json.loads(texts.pop())["target_modules"]
+    assert modules == sorted(modules) and len(modules) == 5
+
+
 def test_full_finetuning_learns_a_repeated_example(tmp_path):
     # full fine-tuning also trains the tied output embedding through linear_cross_entropy's weight gradient
     # (tiny-random's LoRA alone barely moves: its frozen random embeddings cap the logits near uniform)
