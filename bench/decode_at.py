@@ -88,9 +88,9 @@ def time_in_ops(fn) -> dict:
         fn()
     wall = time.perf_counter() - start
     own = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
-    gemm = {k: round(v, 3) for k, v in own.items() if k in GEMM_OPS}
-    return {"gemm_s": round(sum(gemm.values()), 3), "gemm_s_by_op": gemm,
-            "attention_s": round(sum(v for k, v in own.items() if k in ATTENTION_OPS), 3),
+    gemm = {k: round(v, 4) for k, v in own.items() if k in GEMM_OPS}
+    return {"gemm_s": round(sum(gemm.values()), 4), "gemm_s_by_op": gemm,
+            "attention_s": round(sum(v for k, v in own.items() if k in ATTENTION_OPS), 4),
             "profiled_wall_s": round(wall, 3)}
 
 
