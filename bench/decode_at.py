@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     return 0
 
 
+# time_in_ops lives here, not in bench_generate (which imports it), because this file always runs from
+# this checkout while --src puts another checkout's bench/ first on the path.
 # The products with a weight matrix (the decoder's linear layers, the output layer's passes) and the
 # attention kernels, by the names torch.profiler gives their ops on CPU.
 GEMM_OPS = ("quantized::linear_dynamic_fp16", "mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::bmm")

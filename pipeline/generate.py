@@ -262,7 +262,8 @@ class _Prescore:
             ids.append(cols[keep] + first)
             vals.append(some[:, keep])
         ids, vals = torch.cat(ids), torch.cat(vals, 1)
-        return ids[(vals >= best[:, -1:] - 2 * bound).any(0)]
+        floor = best[:, -1:] - 2 * bound  # the final top k's: what an earlier piece kept may now be out
+        return ids[(vals >= floor).any(0)]
 
 
 class _Fp16Linears:
