@@ -45,10 +45,21 @@ browser:
 repro: system
 	$(BIN)/dvc repro
 
-# Sources resolve mirror (POLYALIGN_MIRROR, optional) -> cache -> download (docs/mirror.md).
+# Sources resolve mirror (POLYALIGN_MIRROR, optional) -> cache -> download (docs/mirror.md). Unset,
+# the make targets take a mirror kept in the clone (mirror/, git-ignored: `polyalign mirror fetch
+# mirror`) or beside it (../shared/mirror, as on the project's CI machine), where one exists.
+ifeq ($(POLYALIGN_MIRROR),)
+  FOUND_MIRROR := $(firstword $(patsubst %/.,%,$(wildcard $(CURDIR)/mirror/. $(abspath ../shared/mirror)/.)))
+  ifneq ($(FOUND_MIRROR),)
+    export POLYALIGN_MIRROR := $(FOUND_MIRROR)
+  endif
+endif
+
 test: system browser
-	@if [ -n "$$POLYALIGN_MIRROR" ] && [ ! -d "$$POLYALIGN_MIRROR" ]; then echo "warning: POLYALIGN_MIRROR=$$POLYALIGN_MIRROR \
-	does not exist: sources fall back to the cache, then to downloads (offline, the tests that need data fail)" >&2; fi
+	@if [ -z "$$POLYALIGN_MIRROR" ]; then echo "no data mirror (POLYALIGN_MIRROR, mirror/, ../shared/mirror): sources come from the cache, then downloads"; \
+	elif [ ! -d "$$POLYALIGN_MIRROR" ]; then echo "warning: POLYALIGN_MIRROR=$$POLYALIGN_MIRROR \
+	does not exist: sources fall back to the cache, then to downloads (offline, the tests that need data fail)" >&2; \
+	else echo "data mirror: $$POLYALIGN_MIRROR"; fi
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile
 
