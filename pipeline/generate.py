@@ -30,6 +30,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from pipeline.batching import start_ids
+from pipeline.decode_step import Gemma3Step
 from pipeline.errors import PolyalignError
 from pipeline.lm_parts import base_lm, lm_parts
 
@@ -738,6 +739,11 @@ def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
         return _decode_loop(head, model, seqs, live, budgets, stop, table, pad, pick, copies, out)
 
 
+# Decoding steps of Gemma-3 text decoders run pipeline.decode_step.Gemma3Step (same operations,
+# same tokens, without transformers' per-step machinery); False: transformers' forward (tests, bench).
+LEAN_STEP = True
+
+
 def _decode_loop(head, model, seqs, live, budgets, stop, table, pad, pick, copies, out) -> list[list[int]]:
     """The body of _decode (prefill, then one step a token while any row runs)."""
     hidden, cache, mask, cache_position = _prefill(model, head.body, [seqs[i] for i in live], max(budgets), pad,
@@ -747,6 +753,8 @@ def _decode_loop(head, model, seqs, live, budgets, stop, table, pad, pick, copie
     device = _device(model)
     stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=device)
     seen = torch.zeros(len(alive), dtype=torch.bool)
+    lean = Gemma3Step.of(head.body, _fp16_pack, "fp16" in head.pre) \
+        if LEAN_STEP and Gemma3Step.fits(head.body, cache) else None
     while True:
         nxt = pick(head, hidden, alive)
         for row, t in zip(alive.tolist(), nxt.tolist()):
@@ -766,8 +774,12 @@ def _decode_loop(head, model, seqs, live, budgets, stop, table, pad, pick, copie
             nxt, mask = nxt[keep], mask[keep]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         cache_position = cache_position + 1
-        hidden = head.body(input_ids=nxt[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                           past_key_values=cache, cache_position=cache_position, use_cache=True).last_hidden_state[:, -1]
+        if lean is not None:
+            hidden = lean(nxt, mask, cache)
+        else:
+            hidden = head.body(input_ids=nxt[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                               past_key_values=cache, cache_position=cache_position,
+                               use_cache=True).last_hidden_state[:, -1]
     return out
 
 

@@ -484,3 +484,102 @@ def test_grouped_step_attention_equals_transformers_sdpa_and_is_restored():
         assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not before
         raise RuntimeError
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before
+
+
+# --------------------------------------------------------------------------- Gemma3Step (pipeline.decode_step)
+def _hf_step(head, nxt, mask, cache, position):
+    """One decoding step through transformers' forward, as _decode_loop runs it without Gemma3Step."""
+    return head.body(input_ids=nxt[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                     past_key_values=cache, cache_position=position, use_cache=True).last_hidden_state[:, -1]
+
+
+@pytest.mark.parametrize("weights", ["fp64", "fp32", "fp16-exact"])
+def test_gemma3_step_is_transformers_forward_bit_for_bit(monkeypatch, weights):
+    """Every step's hidden states and appended keys/values equal transformers' forward exactly (not
+    to rounding): a left-padded row, past tiny-random's 64-position sliding window, with fbgemm's fused
+    fp16 GEMMs (weights fp16 holds exactly, as gemma's bf16 weights), MKL's fp32 and fp64."""
+    import copy
+
+    from pipeline.decode_step import Gemma3Step
+    from pipeline.models import load_model
+
+    monkeypatch.setenv("POLYALIGN_PRESCORE", "fp16")
+    model, tok = load_model(TINY, dtype=torch.float64 if weights == "fp64" else torch.float32)
+    if weights == "fp16-exact":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
+    head = G._Head(model)
+    assert bool(head.fp16_body.layers) == (weights == "fp16-exact")
+    seqs = [G._encode_prompt(tok, p) for p in by_length(tok, PROMPTS[:3])]
+    window = model.config.sliding_window
+    with torch.inference_mode(), head.fp16_body, G._GroupedStepAttention():
+        hidden, cache, mask, position = G._prefill(model, head.body, seqs, window + 20, 0, 1)
+        assert Gemma3Step.fits(head.body, cache)
+        lean = Gemma3Step.of(head.body, G._fp16_pack, "fp16" in head.pre)
+        assert all(layer.qkv.packed is not None for layer in lean.layers) == (weights == "fp16-exact")
+        ours = copy.deepcopy(cache)
+        for _ in range(window + 20):
+            nxt = head.logits(hidden).argmax(-1)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            position = position + 1
+            hidden = _hf_step(head, nxt, mask, cache, position)
+            assert torch.equal(lean(nxt, mask, ours), hidden)
+        assert mask.shape[1] > window + 20 and not bool(mask.all())
+        for a, b in zip(cache.layers, ours.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_gemma3_step_masks_are_transformers_masks(lm):
+    """The step's full and sliding-window masks are the ones transformers builds for sdpa (None where it
+    skips an all-true mask), before and after the window fills, with and without padding."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    from pipeline.decode_step import Gemma3Step
+
+    model, _ = lm
+    body, config = G.lm_parts(model)[0], model.config
+    window = config.sliding_window
+    for length in (5, window - 1, window, window + 7):
+        for padded in (False, True):
+            cache = G._new_cache(model)
+            for layer in cache.layers:
+                layer.update(*(torch.zeros(2, config.num_key_value_heads, length - 1, config.head_dim,
+                                           dtype=torch.float64),) * 2)
+            mask = torch.ones(2, length, dtype=torch.long)
+            mask[1, :2] = 0 if padded else 1
+            kwargs = dict(config=config, input_embeds=torch.zeros(2, 1, config.hidden_size, dtype=torch.float64),
+                          attention_mask=mask, cache_position=torch.tensor([length - 1]), past_key_values=cache,
+                          position_ids=mask.sum(-1, keepdim=True) - 1)
+            want = create_causal_mask(**kwargs), create_sliding_window_causal_mask(**kwargs)
+            got = Gemma3Step(body, lambda m: None).masks(mask)
+            for w, g in zip(want, got):
+                assert (w is None and g is None) or torch.equal(w, g), (length, padded)
+
+
+def test_gemma3_step_is_used_only_where_it_reproduces_the_forward(lm, monkeypatch):
+    """_decode_loop steps with Gemma3Step on a plain Gemma-3 body (same tokens as without it) and keeps
+    transformers' forward for a body with a hook, in training mode, or with eager attention."""
+    from pipeline.decode_step import Gemma3Step
+
+    model, tok = lm
+    body = G.lm_parts(model)[0]
+    cache = G._new_cache(model)
+    assert Gemma3Step.fits(body, cache)
+    calls, original = [], Gemma3Step.__call__
+    monkeypatch.setattr(Gemma3Step, "__call__", lambda self, *a: calls.append(1) or original(self, *a))
+    prompts = by_length(tok, PROMPTS)
+    lean = G.generate_ids(model, tok, prompts, max_new_tokens=8, batch_size=8)
+    assert calls
+    monkeypatch.setattr(G, "LEAN_STEP", False)
+    assert lean == G.generate_ids(model, tok, prompts, max_new_tokens=8, batch_size=8)
+    handle = body.layers[0].mlp.register_forward_hook(lambda *a: None)
+    assert not Gemma3Step.fits(body, cache)
+    handle.remove()
+    assert Gemma3Step.fits(body, cache)
+    body.train()
+    assert not Gemma3Step.fits(body, cache)
+    body.eval()
+    monkeypatch.setattr(body.config, "_attn_implementation", "eager")
+    assert not Gemma3Step.fits(body, cache)
+    assert not Gemma3Step.fits(body, type("Cache", (), {"layers": [object()]})())
