@@ -10,7 +10,8 @@ weights (the 262k x 640 output layer alone is 671 MB in fp32) serves a whole bat
 instead of one sequence. Decoding (greedy and sampling) is our own loop (_decode): a row
 leaves the batch when it is done, a prefix all rows share runs once, prompts of very different
 lengths run their forward pass in length groups (no padding to the longest), a step's attention reads
-each key/value head once for all the query heads that share it, and the next token comes
+each key/value head once for all the query heads that share it, a Gemma-3 decoder's step runs
+transformers' operations without its per-step machinery (pipeline.decode_step), and the next token comes
 from _Head: the exact argmax / top-k of the logits found through a cheap fp16 (bf16 where the
 CPU has bf16 units) pass over the output layer with a proven error bound, plus an exact pass
 over the few rows the bound cannot rule out. Sampling draws from one seeded generator per row,
