@@ -14,8 +14,10 @@ new tokens decoded, a digest of the token ids, seconds, tokens/s and the machine
 to back on an idle machine, or give `--against` to have `--pairs` runs of each alternate (each in its
 own process) and get the ratio of every pair and whether the two decoded the same tokens: on a shared
 machine the rate drifts by 10-30% within minutes, so only ratios of neighbouring runs compare code.
-`--floor` also times --src's GEMMs and attention (time_in_ops) and, with --against, divides the other
-checkout's seconds by them: the largest ratio any code doing --src's arithmetic could reach.
+`ratio` is the pairs' geometric mean with a 95% t-interval (ratio_summary): whether a target such as
+3x is inside it says more than any one pair. `--floor` also times --src's GEMMs and attention
+(time_in_ops) and, with --against, divides the other checkout's seconds by them: the largest ratio
+any code doing --src's arithmetic could reach.
 """
 
 from __future__ import annotations
@@ -96,6 +98,24 @@ def time_in_ops(fn) -> dict:
             "profiled_wall_s": round(wall, 3)}
 
 
+def ratio_summary(ratios: list[float]) -> dict:
+    """Geometric mean of paired speed ratios and its 95% t-interval over the pairs' log ratios: each
+    pair's two runs are neighbours, so the machine's slow drift cancels within a pair and what
+    varies between pairs is the noise the interval reflects."""
+    import math
+    import statistics
+
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    out = {"pairs": len(logs), "geomean": round(math.exp(mean), 2), "ci95": None}
+    if len(logs) > 1:
+        from scipy import stats
+
+        half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+        out["ci95"] = [round(math.exp(mean - half), 2), round(math.exp(mean + half), 2)]
+    return out
+
+
 def workload(batch: int, sentences: int) -> list[str]:
     """`batch` translation prompts (bench_generate's), each of `sentences` consecutive NTREX sentences."""
     from bench_generate import PROMPT, prompts
@@ -128,7 +148,8 @@ def paired(args) -> int:
     print(json.dumps({"src": str(args.src.resolve()), "against": str(args.against.resolve()), "batch": args.batch,
                       "new": args.new, "sentences": args.sentences, "tokens_per_s": rates, "hardware": hardware,
                       "same_tokens": outputs["src"] == outputs["against"],
-                      "paired_ratio": [round(a / b, 2) for a, b in zip(rates["src"], rates["against"])]}
+                      "paired_ratio": [round(a / b, 2) for a, b in zip(rates["src"], rates["against"])],
+                      "ratio": ratio_summary([a / b for a, b in zip(rates["src"], rates["against"])])}
                      | ({"src_gemm_attention_s": floors,
                          "at_most_ratio_same_arithmetic": [round(a / f, 2) for a, f in zip(seconds["against"], floors)]}
                         if floors else {})))

@@ -39,24 +39,28 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def _fp16_linear(x: torch.Tensor, packed, width: int) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]), packed).reshape(*x.shape[:-1], width)
+
+
 class _Proj:
     """Linear projections applied to one input, their outputs side by side: one fbgemm fp16 GEMM on
-    the concatenated weights where every part has an exact fp16 copy, else each part's own forward."""
+    the concatenated weights where every part has an exact fp16 copy, else each part as the decoding
+    loop runs it (its fbgemm copy where it has one, as _Fp16Linears; its fp32 weight otherwise: a
+    merged LoRA adapter's layers)."""
 
     def __init__(self, linears: list[torch.nn.Linear], fp16_pack):
-        self.linears = linears
-        packs = [fp16_pack(m) for m in linears]
+        self.parts = [(fp16_pack(m), m) for m in linears]
         self.packed = None
-        if all(p is not None for p in packs):
-            weight = torch.cat([m.weight.detach() for m in linears]) if len(linears) > 1 else linears[0].weight.detach()
-            self.packed = torch.ops.quantized.linear_prepack_fp16(weight, None) if len(linears) > 1 else packs[0]
+        if len(linears) > 1 and all(p is not None for p, _ in self.parts):
+            self.packed = torch.ops.quantized.linear_prepack_fp16(torch.cat([m.weight.detach() for m in linears]), None)
         self.width = sum(m.out_features for m in linears)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            return torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]), self.packed).reshape(
-                *x.shape[:-1], self.width)
-        outs = [torch.nn.functional.linear(x, m.weight) for m in self.linears]
+            return _fp16_linear(x, self.packed, self.width)
+        outs = [torch.nn.functional.linear(x, m.weight) if p is None else _fp16_linear(x, p, m.out_features)
+                for p, m in self.parts]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 

@@ -129,3 +129,18 @@ def test_time_in_ops_counts_gemms_and_attention_apart():
     ops = time_in_ops(work)
     assert ops["gemm_s"] > 0 and ops["attention_s"] > 0 and set(ops["gemm_s_by_op"]) <= {"aten::mm"}
     assert ops["gemm_s"] + ops["attention_s"] < ops["profiled_wall_s"]
+
+
+def test_ratio_summary_is_the_geometric_mean_with_a_t_interval_on_log_ratios():
+    import math
+
+    import pytest
+    from decode_at import ratio_summary
+
+    out = ratio_summary([2.0, 8.0])
+    assert out["pairs"] == 2 and out["geomean"] == 4.0
+    half = 12.7062 * math.log(4.0) / math.sqrt(2) / math.sqrt(2)  # t(0.975, 1) * sd(log 2, log 8) / sqrt(2)
+    assert out["ci95"] == pytest.approx([4.0 * math.exp(-half), 4.0 * math.exp(half)], rel=1e-3, abs=0.01)
+    assert ratio_summary([3.0]) == {"pairs": 1, "geomean": 3.0, "ci95": None}
+    narrow = ratio_summary([2.9, 3.0, 3.1, 3.0])["ci95"]
+    assert narrow[0] < 3.0 < narrow[1]
