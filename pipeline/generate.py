@@ -741,7 +741,7 @@ def _decode(model, seqs: list[list[int]], budgets: list[int], stop: set[int], ta
 
 
 # Decoding steps of Gemma-3 text decoders run pipeline.decode_step.Gemma3Step (same operations,
-# same tokens, without transformers' per-step machinery); False: transformers' forward (tests, bench).
+# same tokens, without transformers' per-step machinery); False: transformers' forward (tests, A/B timing).
 LEAN_STEP = True
 
 
