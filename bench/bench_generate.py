@@ -190,8 +190,9 @@ class _Bf16Body:
 
         from pipeline import generate as G
 
-        self.fp16 = G._fp16_pack
+        self.fp16, self.lean = G._fp16_pack, G.LEAN_STEP
         G._fp16_pack = lambda m: None  # the fp16 layers would take over again
+        G.LEAN_STEP = False  # Gemma3Step calls its own GEMMs, not the layers' forward
         for m, w in zip(self.layers, self.packed):
             bias = None if m.bias is None else m.bias.detach().to(torch.bfloat16)
             m.forward = lambda x, w=w, b=bias: self.linear(x.to(torch.bfloat16), w, b).to(x.dtype)
@@ -211,7 +212,7 @@ class _Bf16Body:
     def __exit__(self, *exc):
         from pipeline import generate as G
 
-        G._fp16_pack = self.fp16
+        G._fp16_pack, G.LEAN_STEP = self.fp16, self.lean
         for m in self.layers:
             del m.forward
 

@@ -84,6 +84,25 @@ def test_bf16_body_swaps_the_linear_layers_and_puts_them_back():
     assert "forward" not in vars(layer) and G._fp16_pack is fp16 and torch.equal(layer(x), exact)
 
 
+def test_bf16_body_reaches_every_decoding_step(monkeypatch):
+    """The bf16 layers serve the prompt's forward pass and every later step (Gemma3Step, which runs its
+    own GEMMs, is off while they are active): one call of every decoder linear layer a new token."""
+    import bench_generate
+    import torch
+
+    from pipeline import generate as G
+    from pipeline.models import load_model
+
+    model, tok = load_model("tiny-random")
+    calls, linear = [], bench_generate._Bf16Body.linear
+    monkeypatch.setattr(bench_generate._Bf16Body, "linear", staticmethod(lambda *a: calls.append(1) or linear(*a)))
+    layers = [m for m in G.lm_parts(model)[0].modules() if type(m) is torch.nn.Linear]
+    with bench_generate._Bf16Body(model):
+        assert not G.LEAN_STEP
+        new = G.generate_ids(model, tok, ["Hello"], max_new_tokens=5, batch_size=1)[0][0]
+    assert len(new) >= 3 and len(calls) == len(new) * len(layers) and G.LEAN_STEP  # the prompt's pass + a step a later token
+
+
 def test_noop_repro_is_not_timed_where_the_graph_is_not_built(tmp_path):
     """A fresh clone has the committed results but not the outputs: timing `dvc repro` there would
     run the graph. The bench says so and runs nothing."""
