@@ -174,7 +174,9 @@ def others(model, tok, texts: list[str], new: int, batch: int, greedy_ids: list[
 class _Bf16Body:
     """While active, the decoder's linear layers take bf16 inputs and oneDNN's packed bf16 weights
     (outputs back in fp32; norms, attention and the output layer as in the pipeline): not exact, so
-    not what pipeline.generate runs. Measured here for speed and for how often it changes the tokens."""
+    not what pipeline.generate runs. Measured here for speed and for how often it changes the tokens.
+    Its steps go through transformers' forward (Gemma3Step off), so its speed ratio against the exact
+    decoding also carries Gemma3Step's gain, against it."""
 
     def __init__(self, model):
         import torch
