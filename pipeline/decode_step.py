@@ -140,11 +140,10 @@ class Gemma3Step:
             return False
         if any(m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_hf_hook") for m in body.modules()):
             return False
-        names = ("q_proj", "k_proj", "v_proj", "o_proj")
-        return all(type(getattr(layer.self_attn, n)) is torch.nn.Linear and getattr(layer.self_attn, n).bias is None
-                   for layer in body.layers for n in names) and \
-            all(type(getattr(layer.mlp, n)) is torch.nn.Linear and getattr(layer.mlp, n).bias is None
-                for layer in body.layers for n in ("gate_proj", "up_proj", "down_proj"))
+        projections = [getattr(part, name) for layer in body.layers
+                       for part, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                           (layer.mlp, ("gate_proj", "up_proj", "down_proj"))) for name in names]
+        return all(type(m) is torch.nn.Linear and m.bias is None for m in projections)
 
     def masks(self, mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(full-attention, sliding-window) boolean masks (R, 1, 1, keys) of a one-position step over the
