@@ -67,7 +67,7 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(if $(ISA),--isa $(ISA) --out bench/results/$(shell date +%F)-bench-$(ISA)-capped.json)
 
 doctor: install
 	$(BIN)/polyalign doctor

@@ -7,6 +7,7 @@ across commits (the throughput issue's "N x today's batched figure").
     python bench/decode_at.py --src . --against /tmp/at-af03187 --pairs 4   # both, alternating: paired ratios
     python bench/decode_at.py --src . --against <checkout> --batch 9 --sentences 8 --new 400   # past the sliding window
     python bench/decode_at.py --src . --against /tmp/at-af03187 --pairs 3 --floor   # and the ceiling of the ratio
+    python bench/decode_at.py --src . --against /tmp/at-af03187 --pairs 4 --isa avx2   # an AVX2-only CPU's kernels
 
 Same model (gemma-3-270m from this checkout's cache), same prompts (bench_generate.prompts: NTREX
 English -> Galician), `--batch` prompts in one batch, `--new` new tokens; prints one JSON line with the
@@ -17,7 +18,10 @@ machine the rate drifts by 10-30% within minutes, so only ratios of neighbouring
 `ratio` is the pairs' geometric mean with a 95% t-interval (ratio_summary): whether a target such as
 3x is inside it says more than any one pair. `--floor` also times --src's GEMMs and attention
 (time_in_ops) and, with --against, divides the other checkout's seconds by them: the largest ratio
-any code doing --src's arithmetic could reach.
+any code doing --src's arithmetic could reach. `--isa avx2` caps every kernel library at AVX2 through
+its environment variable (ISA_CAPS: ATen, fbgemm, oneDNN, MKL; polyalign then sees no bf16 units), so a
+machine with AVX-512/bf16 runs the code paths of an AVX2-only one; its memory, caches and clock stay
+its own, so such a figure says which paths pay, not what an AVX2-only machine measures.
 """
 
 from __future__ import annotations
@@ -25,9 +29,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+# Environment variables that hold each kernel library at an instruction set (read when the library
+# first runs, so they are set before torch is imported): ATen's dispatch, fbgemm (fp16-weight GEMMs),
+# oneDNN (bf16 GEMMs; pipeline.provenance.cpu_has_bf16 reads its cap) and MKL (fp32 GEMMs).
+ISA_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+                     "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 
 def main(argv=None) -> int:
@@ -42,9 +53,11 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=4, help="alternating runs of each with --against")
     parser.add_argument("--floor", action="store_true",
                         help="decode once more under torch.profiler: seconds in GEMMs and attention (time_in_ops)")
+    parser.add_argument("--isa", choices=sorted(ISA_CAPS), help="cap the kernel libraries at this instruction set")
     args = parser.parse_args(argv)
     if args.against:
         return paired(args)
+    os.environ.update(ISA_CAPS.get(args.isa, {}))
     src = args.src.resolve()
     sys.path[:0] = [str(src), str(src / "bench")]
     import torch
@@ -68,7 +81,8 @@ def main(argv=None) -> int:
                       "prompt_tokens": sum(len(G._encode_prompt(tok, t)) for t in texts),
                       "threads": torch.get_num_threads(), "tokens": tokens,
                       "ids_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16],
-                      "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1), "hardware": hardware()}))
+                      "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1), "hardware": hardware(),
+                      "isa_cap": ISA_CAPS.get(args.isa)}))
     return 0
 
 
@@ -140,6 +154,7 @@ def paired(args) -> int:
             cmd = [sys.executable, __file__, "--src", str(getattr(args, key)), "--batch", str(args.batch),
                    "--new", str(args.new), "--threads", str(args.threads), "--sentences", str(args.sentences)]
             cmd += ["--floor"] if args.floor and key == "src" else []
+            cmd += ["--isa", args.isa] if args.isa else []
             run = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
             rates[key].append(run["tokens_per_s"])
             seconds[key].append(run["seconds"])
@@ -147,6 +162,7 @@ def paired(args) -> int:
             hardware, outputs[key] = run["hardware"], run["ids_sha256"]
     print(json.dumps({"src": str(args.src.resolve()), "against": str(args.against.resolve()), "batch": args.batch,
                       "new": args.new, "sentences": args.sentences, "tokens_per_s": rates, "hardware": hardware,
+                      "isa_cap": ISA_CAPS.get(args.isa),
                       "same_tokens": outputs["src"] == outputs["against"],
                       "paired_ratio": [round(a / b, 2) for a, b in zip(rates["src"], rates["against"])],
                       "ratio": ratio_summary([a / b for a, b in zip(rates["src"], rates["against"])])}

@@ -17,6 +17,11 @@ The figures are only as quiet as the machine: the file records the load average 
 after, and CPU-time rates beside wall-clock ones.
 
     python bench/run_all.py [--steps 24] [--quick] [--scenarios sft lm] [--out reports/bench.json] [--dvc-root DIR]
+    python bench/run_all.py --isa avx2 --out bench/results/<date>-bench-avx2-capped.json   # or: make bench ISA=avx2
+
+`--isa avx2` caps every kernel library at AVX2 (decode_at.ISA_CAPS), for this run and its children: a
+machine with AVX-512/bf16 units runs an AVX2-only machine's code paths (fp32 training, fbgemm's fp16
+first pass), on its own memory and clock; `machine.isa_cap` in the report says so.
 
 Exits non-zero, naming each failed benchmark, when any child fails (the report keeps its traceback).
 """
@@ -34,6 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from decode_at import ISA_CAPS  # noqa: E402
 
 # explicit, so params.yaml `train` (which pipeline.train also reads) cannot change what is compared
 VARIANTS = {"exact": {"output_vocab": "full"}, "trimmed": {"output_vocab": "data"}}
@@ -73,7 +80,9 @@ def machine() -> dict:
                           if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"hardware": hardware(), "cpu": model_name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    capped = {k: os.environ[k] for k in sorted({k for cap in ISA_CAPS.values() for k in cap}) if k in os.environ}
+    return {"hardware": hardware(), "isa_cap": capped or None, "cpu": model_name, "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "cpu_bf16_matrix_units": cpu_has_bf16(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
             "python": platform.python_version(),
@@ -192,7 +201,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench.json")
     parser.add_argument("--dvc-root", type=Path, default=ROOT,
                         help="a repository whose graph is built (reports/scorecard.json): its no-op `dvc repro` is timed")
+    parser.add_argument("--isa", choices=sorted(ISA_CAPS), help="cap the kernel libraries at this instruction set")
     args = parser.parse_args(argv)
+    if args.isa:
+        os.environ.update(ISA_CAPS[args.isa])  # before torch loads; the children inherit it
     if args.quick:
         args.steps, args.eval, args.scenarios = 3, 8, ["sft"]
     import tempfile

@@ -181,7 +181,9 @@ def machines_text(rows: list[dict]) -> str:
         return "Machine: not recorded."
     return (f"Machine{'s' if len(machines) > 1 else ''}: {', '.join(machines)}. '+bf16' marks a CPU with bf16 matrix "
             "units (AVX512-BF16/AMX): it trains in bf16 autocast where others train in fp32 (train.mixed_precision: "
-            "auto), so losses and scores differ in their last digits and times differ several-fold between the two.")
+            "auto), so losses and scores differ in their last digits and times differ several-fold between the two."
+            + (" '-capped' marks a run held below its CPU's instruction set (another kind's code paths on that machine)."
+               if any(m.endswith("-capped") for m in machines) else ""))
 
 
 def render_markdown(rows: list[dict], correlations: list[dict], packs: list[str]) -> str:

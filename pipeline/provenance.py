@@ -34,25 +34,46 @@ def package_versions(names=PACKAGES) -> dict[str, str]:
     return out
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays off."""
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA) below its bf16 kernels: with one of
+# these set, oneDNN (every bf16 GEMM here) emulates bf16 in fp32 and bf16 no longer pays off
+ONEDNN_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def _cpu_flags() -> str:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return ""
+
+
+def _cpu_bf16_units() -> bool:
+    flags = _cpu_flags()
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays off, and
+    oneDNN is not capped below them (`ONEDNN_MAX_CPU_ISA=AVX2`: how bench/decode_at.py --isa avx2
+    runs an AVX2-only machine's code paths on a bf16 machine)."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return cap not in ONEDNN_CAPS_WITHOUT_BF16 and _cpu_bf16_units()
+
+
 def hardware() -> str:
-    """`cuda:<device>`, or `cpu:<arch>x<cores>:<torch's CPU capability>[+bf16]`, e.g.
+    """`cuda:<device>`, or `cpu:<arch>x<cores>:<torch's CPU capability>[+bf16][-capped]`, e.g.
     `cpu:x86_64x2:avx512+bf16` or `cpu:x86_64x2:avx2`: machines with bf16 matrix units train in
-    bf16 autocast (`train.mixed_precision: auto`) and take other fast paths, so every figure names it."""
+    bf16 autocast (`train.mixed_precision: auto`) and take other fast paths, so every figure names it.
+    `-capped`: the paths run are below what this CPU has (AVX-512 or bf16 units held back by the
+    environment, as bench/decode_at.py --isa does): another kind's code on this machine's memory and clock."""
     import torch
 
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(0)}"
     capability = torch.backends.cpu.get_cpu_capability().lower()
-    return f"cpu:{platform.machine()}x{os.cpu_count()}:{capability}{'+bf16' if cpu_has_bf16() else ''}"
+    bf16 = cpu_has_bf16()
+    avx512 = all(f" {flag}" in _cpu_flags() for flag in ("avx512f", "avx512bw", "avx512vl", "avx512dq"))  # torch's AVX512
+    capped = avx512 and capability != "avx512" or _cpu_bf16_units() and not bf16
+    return f"cpu:{platform.machine()}x{os.cpu_count()}:{capability}{'+bf16' if bf16 else ''}{'-capped' if capped else ''}"
 
 
 def signature(**parts) -> str:

@@ -163,3 +163,30 @@ def test_ratio_summary_is_the_geometric_mean_with_a_t_interval_on_log_ratios():
     assert ratio_summary([3.0]) == {"pairs": 1, "geomean": 3.0, "ci95": None}
     narrow = ratio_summary([2.9, 3.0, 3.1, 3.0])["ci95"]
     assert narrow[0] < 3.0 < narrow[1]
+
+
+def test_isa_cap_runs_avx2_paths_and_says_so(monkeypatch):
+    """decode_at --isa avx2: torch dispatches AVX2 kernels, polyalign sees no bf16 units (no bf16 first
+    pass, no bf16 training), and hardware() says the paths are below the CPU's own."""
+    import os
+    import subprocess
+
+    from decode_at import ISA_CAPS
+
+    from pipeline.provenance import cpu_has_bf16
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert cpu_has_bf16() is False
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    uncapped = cpu_has_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # a cap at or above bf16 changes nothing
+    assert cpu_has_bf16() is uncapped
+    code = ("import torch; from pipeline.provenance import hardware, cpu_has_bf16; "
+            "from pipeline.generate import prescore_kinds; "
+            "print(torch.backends.cpu.get_cpu_capability(), cpu_has_bf16(), 'bf16' in prescore_kinds(torch.zeros(2, 2)), "
+            "hardware())")
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "POLYALIGN_PRESCORE")}
+    out = subprocess.run([sys.executable, "-c", code], env=env | ISA_CAPS["avx2"], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out[:3] == ["AVX2", "False", "False"]
+    assert out[3].endswith(":avx2-capped" if " avx512f" in Path("/proc/cpuinfo").read_text() else ":avx2")

@@ -148,6 +148,15 @@ def test_report_names_the_machines_of_its_rows(built_repo):
     assert "Machine: cpu:x86_64x2:avx512+bf16." in (built_repo / "reports" / "index.html").read_text()
 
 
+def test_report_explains_a_capped_machine_only_where_one_made_rows():
+    from pipeline.html_report import machines_text
+
+    plain = machines_text([{"machine": "cpu:x86_64x2:avx512+bf16"}, {"machine": "cpu:x86_64x2:avx2"}])
+    assert plain.startswith("Machines: cpu:x86_64x2:avx2, cpu:x86_64x2:avx512+bf16.") and "-capped" not in plain
+    capped = machines_text([{"machine": "cpu:x86_64x2:avx2-capped"}])
+    assert "'-capped' marks a run held below its CPU's instruction set" in capped
+
+
 def test_shared_scorecard_refuses_a_pack_row(repo):
     from stages.scorecard import run
 
