@@ -46,17 +46,20 @@ def _cpu_flags() -> str:
         return ""
 
 
-def _cpu_bf16_units() -> bool:
-    flags = _cpu_flags()
+def _bf16_units(flags: str) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def _onednn_below_bf16() -> bool:
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return cap in ONEDNN_CAPS_WITHOUT_BF16
 
 
 def cpu_has_bf16() -> bool:
     """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays off, and
     oneDNN is not capped below them (`ONEDNN_MAX_CPU_ISA=AVX2`: how bench/decode_at.py --isa avx2
     runs an AVX2-only machine's code paths on a bf16 machine)."""
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
-    return cap not in ONEDNN_CAPS_WITHOUT_BF16 and _cpu_bf16_units()
+    return not _onednn_below_bf16() and _bf16_units(_cpu_flags())
 
 
 def hardware() -> str:
@@ -70,9 +73,11 @@ def hardware() -> str:
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(0)}"
     capability = torch.backends.cpu.get_cpu_capability().lower()
-    bf16 = cpu_has_bf16()
-    avx512 = all(f" {flag}" in _cpu_flags() for flag in ("avx512f", "avx512bw", "avx512vl", "avx512dq"))  # torch's AVX512
-    capped = avx512 and capability != "avx512" or _cpu_bf16_units() and not bf16
+    flags = _cpu_flags()
+    units = _bf16_units(flags)
+    bf16 = units and not _onednn_below_bf16()
+    avx512 = all(f" {flag}" in flags for flag in ("avx512f", "avx512bw", "avx512vl", "avx512dq"))  # torch's AVX512
+    capped = avx512 and capability != "avx512" or units and not bf16
     return f"cpu:{platform.machine()}x{os.cpu_count()}:{capability}{'+bf16' if bf16 else ''}{'-capped' if capped else ''}"
 
 
